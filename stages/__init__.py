@@ -1,0 +1,1 @@
+"""mnist-dvc: the code of the four DVC stages and the few modules they share."""

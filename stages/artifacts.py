@@ -1,0 +1,82 @@
+"""Writing outputs atomically, hashing files and loading untrusted tensors safely.
+
+Every artifact is written to a temporary file beside its destination and renamed over it,
+so a stage killed at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.errors import StageError
+
+
+@contextlib.contextmanager
+def atomic_path(destination: Path | str) -> Iterator[Path]:
+    """Yield a temporary path to write; on success rename it over ``destination``."""
+    destination = Path(destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
+                                   dir=destination.parent)
+    except OSError as err:
+        raise StageError(f"cannot write {destination}: {err.strerror}") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp made it private (0600)
+        os.replace(tmp_path, destination)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(destination: Path | str, data: bytes) -> None:
+    with atomic_path(destination) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(destination: Path | str, payload: Any) -> None:
+    write_bytes_atomic(destination, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def torch_save_atomic(destination: Path | str, obj: Any) -> None:
+    with atomic_path(destination) as tmp:
+        torch.save(obj, tmp)
+
+
+def torch_load_safe(path: Path | str, *, mmap: bool = False) -> Any:
+    """Load a tensor file with ``weights_only=True``; a missing or damaged file is a StageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path}: file not found (run the stage that produces it: dvc repro)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StageError(f"{path}: unreadable or corrupt ({reason[:160]})") from None
+
+
+def file_digest(path: Path | str, algorithm: str = "md5") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

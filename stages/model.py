@@ -1,0 +1,90 @@
+"""The networks, chosen by ``model.net``, and the saved-model format shared by the stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.artifacts import torch_load_safe, torch_save_atomic
+from stages.errors import StageError
+
+
+class CompactNet(nn.Module):
+    """18.4k parameters: two conv-BatchNorm-pool-relu blocks and one linear layer.
+
+    Convolutions have no bias because the BatchNorm after each has its own. Pooling before
+    the relu gives the same result as after it (both are monotonic) on a quarter of the data.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 5, bias=False), nn.BatchNorm2d(16), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(16, 32, 5, bias=False), nn.BatchNorm2d(32), nn.MaxPool2d(2), nn.ReLU(),
+        )
+        self.classifier = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.classifier(self.features(x).flatten(1)), dim=1)
+
+
+class SeedNet(nn.Module):
+    """The seed notebook's network, unchanged (the classic pytorch/examples MNIST net)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1 = nn.Linear(320, 50)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = x.view(-1, 320)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, training=self.training)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+NETS: dict[str, type[nn.Module]] = {"compact": CompactNet, "seed": SeedNet}
+
+
+def build_model(net: str) -> nn.Module:
+    return NETS[net]()
+
+
+@torch.inference_mode()
+def predict_log_probs(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Log-probabilities for ``images`` (on the model's device), in large batches."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(images[start:start + batch_size])
+               for start in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0, 10, device=images.device)
+
+
+def save_model(path: Path, net: str, model: nn.Module, mean: float, std: float) -> None:
+    """Save the weights with what is needed to use them: the net's name and the normalization."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch_save_atomic(path, {"net": net, "state_dict": state, "mean": mean, "std": std})
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """Load a model saved by ``save_model`` (safely: tensors and plain values only)."""
+    saved = torch_load_safe(path)
+    if not isinstance(saved, dict) or saved.get("net") not in NETS:
+        raise StageError(f"{path}: not a model saved by the train stage")
+    model = build_model(saved["net"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise StageError(f"{path}: weights do not fit net '{saved['net']}': "
+                         f"{str(err).splitlines()[0]}") from None
+    return model.eval(), saved

@@ -1,0 +1,189 @@
+"""The one typed, validated view of ``params.yaml`` that every stage reads.
+
+Each section is a frozen dataclass. ``load_params`` checks the whole file against it before
+any stage does work: an unknown key, a wrong type or an out-of-range value raises
+``ParamsError`` with a single line that names the full key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from stages.errors import StageError
+
+PARAMS_FILE = Path("params.yaml")
+
+Source = Literal["mirrors", "pypi", "local"]
+NetName = Literal["compact", "seed"]
+OptimizerName = Literal["adam", "sgd"]
+ScheduleName = Literal["onecycle", "constant", "step"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+class ParamsError(StageError):
+    """params.yaml is unreadable or breaks the schema."""
+
+
+def _bounded(default: Any, *, gt: float | None = None, ge: float | None = None,
+             lt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field whose value must lie within the given bounds."""
+    return field(default=default, metadata={"gt": gt, "ge": ge, "lt": lt, "le": le})
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    sources: tuple[Source, ...] = ("mirrors", "pypi", "local")
+    local_path: str | None = None
+    timeout_s: float = _bounded(30.0, gt=0)
+    retries: int = _bounded(2, ge=0, le=10)
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    mean: float = _bounded(0.1307, ge=0, le=1)
+    std: float = _bounded(0.3081, gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    net: NetName = "compact"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = _bounded(1, ge=0)
+    epochs: int = _bounded(2, ge=1)
+    batch_size: int = _bounded(128, ge=1)
+    optimizer: OptimizerName = "adam"
+    lr: float = _bounded(0.01, gt=0)
+    momentum: float = _bounded(0.9, ge=0, lt=1)
+    weight_decay: float = _bounded(0.0, ge=0)
+    schedule: ScheduleName = "onecycle"
+    warmup_fraction: float = _bounded(0.25, gt=0, lt=1)
+    step_gamma: float = _bounded(0.7, gt=0, le=1)
+    threads: int = _bounded(2, ge=1)
+    device: DeviceName = "auto"
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = _bounded(10000, ge=1)
+
+
+@dataclass(frozen=True)
+class Params:
+    download: DownloadParams = field(default_factory=DownloadParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate ``path``; missing keys take their defaults."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ParamsError(f"{path}: not valid YAML{line}") from None
+    return parse_params(raw or {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping against the schema."""
+    return _build(Params, raw, prefix="", source=source)
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    label = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: {label} must be a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            allowed = ", ".join(fields)
+            raise ParamsError(
+                f"{source}: unknown key '{prefix}{key}'{hint} (allowed: {allowed})"
+            )
+    values = {}
+    for name, spec in fields.items():
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{key}.", source)
+        else:
+            values[name] = _coerce(raw[name], hint, key, source)
+            _check_bounds(values[name], spec.metadata, key, source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _coerce(value, inner, key, source)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ParamsError(f"{source}: {key} must be one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not value:
+            raise ParamsError(f"{source}: {key} must be a non-empty list, got {_describe(value)}")
+        items = tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(set(items)) != len(items):
+            raise ParamsError(f"{source}: {key} lists an entry twice: {list(items)}")
+        return items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{source}: {key} must be true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{source}: {key} must be an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{source}: {key} must be a number, got {_describe(value)}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ParamsError(f"{source}: {key} must be a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise ParamsError(f"{source}: {key} must be a non-empty string, got {_describe(value)}")
+        return value
+    raise TypeError(f"params schema: unsupported type {hint!r} for {key}")
+
+
+def _check_bounds(value: Any, bounds: Any, key: str, source: str) -> None:
+    checks = (("gt", "> ", lambda v, b: v > b), ("ge", ">= ", lambda v, b: v >= b),
+              ("lt", "< ", lambda v, b: v < b), ("le", "<= ", lambda v, b: v <= b))
+    for name, symbol, ok in checks:
+        bound = bounds.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ParamsError(f"{source}: {key} must be {symbol}{bound:g}, got {value!r}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,52 @@
+"""Stage 2, preprocess: parse and validate the IDX files, cache normalized tensors.
+
+Writes ``data/prepared/{train,test}.pt`` (format: stages/prepared.py), with images mapped
+exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)`` would map them, so
+training needs no per-item transform.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stages.errors import StageError, run_stage
+from stages.idx import read_idx
+from stages.params import PreprocessParams, load_params
+from stages.paths import PREPARED_DIR, RAW_DIR
+from stages.prepared import write_split
+
+SPLITS = {"train": "train", "test": "t10k"}  # our name -> the IDX file prefix
+
+
+def main() -> None:
+    params = load_params().preprocess
+    for split in SPLITS:
+        images, labels = prepare_split(RAW_DIR, split, params)
+        path = write_split(PREPARED_DIR, split, images, labels)
+        print(f"preprocess: wrote {path} ({len(labels)} images)")
+
+
+def prepare_split(raw_dir: Path, split: str,
+                  params: PreprocessParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read and check one split's IDX files; return (normalized images, labels)."""
+    prefix = SPLITS[split]
+    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", 3, (28, 28))
+    labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", 1)
+    if len(images) != len(labels):
+        raise StageError(f"{raw_dir}: {split} has {len(images)} images but {len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise StageError(f"{raw_dir / f'{prefix}-labels-idx1-ubyte'}: label {labels.max()} "
+                         "is not a digit 0-9")
+    return (normalize(torch.from_numpy(images), params.mean, params.std),
+            torch.from_numpy(labels).long())
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W), as ``ToTensor()`` + ``Normalize()``."""
+    return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+
+
+if __name__ == "__main__":
+    run_stage(main)
