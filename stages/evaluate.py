@@ -42,9 +42,9 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
     """Score the model and write the metrics and plot data; returns the metrics."""
     device = select_device(device_name)
     configure_torch(threads, device)
-    model, _ = load_model(paths.model)
+    model, _ = load_model(paths.model, device)
     test = load_split(paths.prepared, "test", device)
-    log_probs = predict_log_probs(model.to(device), test["images"], batch_size)
+    log_probs = predict_log_probs(model, test["images"], batch_size)
     loss = F.nll_loss(log_probs, test["labels"], reduction="mean").item()
     predictions = pd.DataFrame({"actual": test["labels"].cpu().numpy(),
                                 "predicted": log_probs.argmax(1).cpu().numpy()})
@@ -54,7 +54,8 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
         "loss": round(loss, 6),
         "errors": int((predictions.actual != predictions.predicted).sum()),
         "macro_f1": round(float(per_class.f1.mean()), 6),
-        "per_class": per_class[["precision", "recall", "f1"]].round(6).to_dict(orient="index"),
+        "per_class": per_class[["precision", "recall", "f1"]].round(6).rename(index=str)
+                              .to_dict(orient="index"),
     }
     write_json_atomic(paths.metrics, metrics)
     write_bytes_atomic(paths.confusion, predictions.to_csv(index=False).encode())

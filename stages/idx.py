@@ -8,6 +8,7 @@ cannot make us allocate more than the file holds.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def _parse_header(path: Path, header: bytes, size: int, expected_dims: int) -> t
     if len(header) < header_size:
         raise IdxError(f"{path}: truncated inside the header ({size} bytes)")
     dims = struct.unpack(f">{ndim}I", header[4:header_size])
-    expected_size = header_size + int(np.prod(dims, dtype=np.int64))
+    expected_size = header_size + math.prod(dims)  # exact: an int64 product can wrap
     if size != expected_size:
         state = "truncated" if size < expected_size else "has trailing bytes"
         raise IdxError(

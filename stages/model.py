@@ -19,6 +19,9 @@ class CompactNet(nn.Module):
     the relu gives the same result as after it (both are monotonic) on a quarter of the data.
     """
 
+    # channels-last runs the CPU (oneDNN) convolutions and pooling about 1.5x faster
+    channels_last = True
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -33,6 +36,8 @@ class CompactNet(nn.Module):
 
 class SeedNet(nn.Module):
     """The seed notebook's network, unchanged (the classic pytorch/examples MNIST net)."""
+
+    channels_last = False  # its x.view(-1, 320) needs the default memory layout
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,8 +60,11 @@ class SeedNet(nn.Module):
 NETS: dict[str, type[nn.Module]] = {"compact": CompactNet, "seed": SeedNet}
 
 
-def build_model(net: str) -> nn.Module:
-    return NETS[net]()
+def build_model(net: str, device: torch.device | str = "cpu") -> nn.Module:
+    """A freshly initialized ``net`` on ``device``, in the memory layout it runs fastest in."""
+    model = NETS[net]()
+    layout = torch.channels_last if model.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=layout)
 
 
 @torch.inference_mode()
@@ -76,12 +84,12 @@ def save_model(path: Path, net: str, model: nn.Module, mean: float, std: float) 
     torch_save_atomic(path, {"net": net, "state_dict": state, "mean": mean, "std": std})
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Load a model saved by ``save_model`` (safely: tensors and plain values only)."""
     saved = torch_load_safe(path)
     if not isinstance(saved, dict) or saved.get("net") not in NETS:
         raise StageError(f"{path}: not a model saved by the train stage")
-    model = build_model(saved["net"])
+    model = build_model(saved["net"], device)
     try:
         model.load_state_dict(saved["state_dict"])
     except (RuntimeError, KeyError, TypeError) as err:

@@ -99,7 +99,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
         raise ParamsError(f"{path}: not valid YAML{line}") from None
-    return parse_params(raw or {}, source=str(path))
+    return parse_params({} if raw is None else raw, source=str(path))  # only empty means {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:
@@ -168,7 +168,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ParamsError(f"{source}: {key} must be a number, got {_describe(value)}")
         if value != value or value in (float("inf"), float("-inf")):
             raise ParamsError(f"{source}: {key} must be a finite number, got {value}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            raise ParamsError(
+                f"{source}: {key} must be a finite number, got an integer too large for a float"
+            ) from None
     if hint is str:
         if not isinstance(value, str) or not value:
             raise ParamsError(f"{source}: {key} must be a non-empty string, got {_describe(value)}")

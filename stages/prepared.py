@@ -32,6 +32,8 @@ def load_split(prepared_dir: Path, split: str,
     path = prepared_dir / f"{split}.pt"
     data = torch_load_safe(path, mmap=True)
     try:
+        if not isinstance(data, dict):  # e.g. a bare tensor, whose ["images"] is an IndexError
+            raise TypeError(type(data).__name__)
         images, labels, digest = data["images"], data["labels"], data["digest"]
         valid = (images.dtype == torch.float32 and images.dim() == 4
                  and tuple(images.shape[1:]) == (1, 28, 28) and labels.dtype == torch.int64

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from stages.canonical import CANONICAL_FILES, verify_raw_dir
 from stages.errors import StageError, run_stage
 from stages.idx import read_idx
 from stages.params import PreprocessParams, load_params
@@ -18,12 +19,17 @@ from stages.paths import PREPARED_DIR, RAW_DIR
 from stages.prepared import write_split
 
 SPLITS = {"train": "train", "test": "t10k"}  # our name -> the IDX file prefix
+EXPECTED_RAW_FILES = CANONICAL_FILES
 
 
 def main() -> None:
     params = load_params().preprocess
-    for split in SPLITS:
-        images, labels = prepare_split(RAW_DIR, split, params)
+    # A flipped bit in a pixel still parses: only the md5 can tell.
+    verify_raw_dir(RAW_DIR, EXPECTED_RAW_FILES)
+    # Check every split before writing any: a bad test file must not leave a new train.pt
+    # beside the old test.pt.
+    prepared = {split: prepare_split(RAW_DIR, split, params) for split in SPLITS}
+    for split, (images, labels) in prepared.items():
         path = write_split(PREPARED_DIR, split, images, labels)
         print(f"preprocess: wrote {path} ({len(labels)} images)")
 

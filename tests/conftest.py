@@ -1,0 +1,57 @@
+"""Shared fixtures: small synthetic MNIST-shaped data and a shrunk configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.idx import encode_idx
+from stages.params import Params, parse_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (count, 28, 28) whose label is written as a bright 7x7 block position.
+
+    A tiny net learns them in a few steps, so training tests can check that learning happens.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype(np.uint8)
+    images = rng.integers(0, 40, size=(count, 28, 28)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        row, col = divmod(int(label), 4)
+        image[row * 7:row * 7 + 7, col * 7:col * 7 + 7] = 255
+    return images, labels
+
+
+def write_raw_dir(raw_dir: Path, train_count: int = 512, test_count: int = 256) -> Path:
+    """Write the four IDX files of a synthetic MNIST into ``raw_dir``."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
+        images, labels = synthetic_digits(count, seed)
+        (raw_dir / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(images))
+        (raw_dir / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    return raw_dir
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    return write_raw_dir(tmp_path / "raw")
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    """Defaults shrunk for speed: small batches, one epoch, one thread."""
+    return parse_params({
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu"},
+        "evaluate": {"batch_size": 100},
+    })
+
+
+def with_train(params: Params, **changes: object) -> Params:
+    """``params`` with some ``train`` keys changed."""
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))

@@ -1,0 +1,56 @@
+"""The evaluate stage: metric arithmetic and the files it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from stages.evaluate import Paths, evaluate, per_class_scores
+from stages.prepared import write_split
+from stages.preprocess import prepare_split
+from stages.train import Paths as TrainPaths
+from stages.train import train
+
+
+def test_per_class_scores_match_hand_computation():
+    predictions = pd.DataFrame({"actual": [0, 0, 0, 1, 1, 2],
+                                "predicted": [0, 0, 1, 1, 2, 2]})
+    scores = per_class_scores(predictions)
+    # digit 0: 2 of 3 found, both predictions right; digit 1: 1 of 2, 1 of 2 predictions right
+    assert scores.loc[0, "precision"] == 1.0 and scores.loc[0, "recall"] == pytest.approx(2 / 3)
+    assert scores.loc[0, "f1"] == pytest.approx(0.8)
+    assert scores.loc[1, "precision"] == 0.5 and scores.loc[1, "recall"] == 0.5
+    assert scores.loc[2, "precision"] == 0.5 and scores.loc[2, "recall"] == 1.0
+    # digits never seen nor predicted score 0, not NaN
+    assert scores.loc[7].tolist() == [0.0, 0.0, 0.0, 0]
+    assert list(scores.support[:3]) == [3, 2, 1]
+
+
+def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tiny_params):
+    prepared = tmp_path / "prepared"
+    for split in ("train", "test"):
+        write_split(prepared, split, *prepare_split(raw_dir, split, tiny_params.preprocess))
+    train_paths = TrainPaths(prepared=prepared, model=tmp_path / "model.pt",
+                             checkpoint=tmp_path / "ckpt" / "last.pt",
+                             metrics=tmp_path / "train.json", history=tmp_path / "h.csv")
+    history = train(tiny_params, train_paths)
+
+    paths = Paths(prepared=prepared, model=train_paths.model, metrics=tmp_path / "eval.json",
+                  confusion=tmp_path / "confusion.csv", per_class=tmp_path / "per_class.csv")
+    metrics = evaluate(100, "cpu", 1, paths)
+
+    assert json.loads(paths.metrics.read_text()) == metrics
+    assert set(metrics) == {"accuracy", "loss", "errors", "macro_f1", "per_class"}
+    assert sorted(metrics["per_class"], key=int) == [str(d) for d in range(10)]
+    # the same model on the same data: evaluate agrees with train's last epoch
+    assert metrics["accuracy"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(history[-1]["test_loss"], abs=1e-5)
+    confusion = pd.read_csv(paths.confusion)
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 256
+    assert metrics["errors"] == int((confusion.actual != confusion.predicted).sum())
+    assert metrics["accuracy"] == pytest.approx(1 - metrics["errors"] / 256)
+    per_class = pd.read_csv(paths.per_class)
+    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
+    assert per_class.support.sum() == 256

@@ -1,0 +1,257 @@
+"""params.yaml against the schema in stages/params.py: defaults, coercion and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stages.errors import StageError
+from stages.params import Params, ParamsError, load_params, parse_params
+from tests.conftest import REPO_ROOT, write_raw_dir
+
+
+def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    return path
+
+
+# --- what loads ------------------------------------------------------------------------------
+
+def test_committed_params_yaml_equals_schema_defaults() -> None:
+    committed = REPO_ROOT / "params.yaml"
+    assert committed.is_file()
+    params = load_params(committed)
+    assert params == Params()
+    # the comparison above is only meaningful if every section of the schema is in the file
+    assert set(yaml.safe_load(committed.read_text())) == {
+        f.name for f in dataclasses.fields(Params)
+    }
+
+
+def test_missing_keys_take_defaults(tmp_path: Path) -> None:
+    params = load_params(_write(tmp_path, "train:\n  lr: 0.05\n"))
+    defaults = Params()
+    assert params.train.lr == 0.05
+    assert params.train == dataclasses.replace(defaults.train, lr=0.05)
+    assert params.download == defaults.download
+    assert params.preprocess == defaults.preprocess
+    assert params.model == defaults.model
+    assert params.evaluate == defaults.evaluate
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "train: {}\n"])
+def test_empty_file_or_section_is_all_defaults(tmp_path: Path, text: str) -> None:
+    assert load_params(_write(tmp_path, text)) == Params()
+
+
+def test_int_for_float_param_is_accepted_as_float(tmp_path: Path) -> None:
+    text = "train: {lr: 1, momentum: 0}\ndownload: {timeout_s: 5}\n"
+    params = load_params(_write(tmp_path, text))
+    for value, expected in ((params.train.lr, 1.0), (params.train.momentum, 0.0),
+                            (params.download.timeout_s, 5.0)):
+        assert type(value) is float
+        assert value == expected
+
+
+def test_sources_list_becomes_tuple_in_the_given_order(tmp_path: Path) -> None:
+    params = load_params(_write(tmp_path, "download: {sources: [local, mirrors]}\n"))
+    assert params.download.sources == ("local", "mirrors")
+
+
+def test_local_path_null_or_string(tmp_path: Path) -> None:
+    assert load_params(_write(tmp_path, "download: {local_path: null}\n")).download.local_path \
+        is None
+    assert load_params(_write(tmp_path, "download: {local_path: /x/y}\n")).download.local_path \
+        == "/x/y"
+
+
+# --- what is rejected ------------------------------------------------------------------------
+
+BAD_PARAMS: list[tuple[str, str | dict[str, Any], tuple[str, ...]]] = [
+    ("unknown-section", {"bogus": {"a": 1}},
+     ("unknown key 'bogus'", "allowed: download, preprocess, model, train, evaluate")),
+    ("unknown-nested-key", {"train": {"lrr": 0.1}},
+     ("unknown key 'train.lrr'", "did you mean 'train.lr'?", "allowed: seed")),
+    ("unknown-download-key", {"download": {"source": ["pypi"]}},
+     ("unknown key 'download.source'", "did you mean 'download.sources'?")),
+    ("lr-negative", {"train": {"lr": -0.5}}, ("train.lr must be > 0", "got -0.5")),
+    ("lr-zero", {"train": {"lr": 0}}, ("train.lr must be > 0", "got 0.0")),
+    ("batch-size-zero", {"train": {"batch_size": 0}}, ("train.batch_size must be >= 1", "got 0")),
+    ("epochs-zero", {"train": {"epochs": 0}}, ("train.epochs must be >= 1",)),
+    ("momentum-one", {"train": {"momentum": 1.0}}, ("train.momentum must be < 1", "got 1.0")),
+    ("momentum-negative", {"train": {"momentum": -0.1}}, ("train.momentum must be >= 0",)),
+    ("unknown-net", {"model": {"net": "resnet"}},
+     ("model.net must be one of 'compact', 'seed'", "got 'resnet'")),
+    ("unknown-optimizer", {"train": {"optimizer": "rmsprop"}},
+     ("train.optimizer must be one of 'adam', 'sgd'", "'rmsprop'")),
+    ("unknown-schedule", {"train": {"schedule": "cosine"}},
+     ("train.schedule must be one of 'onecycle', 'constant', 'step'", "'cosine'")),
+    ("unknown-device", {"train": {"device": "tpu"}},
+     ("train.device must be one of 'auto', 'cpu', 'cuda', 'mps'", "'tpu'")),
+    ("mean-above-one", {"preprocess": {"mean": 1.5}}, ("preprocess.mean must be <= 1", "1.5")),
+    ("std-zero", {"preprocess": {"std": 0}}, ("preprocess.std must be > 0",)),
+    ("std-negative", {"preprocess": {"std": -0.3}}, ("preprocess.std must be > 0", "-0.3")),
+    ("string-for-int", 'train:\n  batch_size: "64"\n',
+     ("train.batch_size must be an integer", "str '64'")),
+    ("bool-for-int", "train:\n  epochs: true\n", ("train.epochs must be an integer", "bool True")),
+    ("float-for-int", {"train": {"batch_size": 1.5}},
+     ("train.batch_size must be an integer", "float 1.5")),
+    ("bool-for-float", "train:\n  lr: true\n", ("train.lr must be a number", "bool True")),
+    ("lr-nan", "train:\n  lr: .nan\n", ("train.lr must be a finite number", "nan")),
+    ("lr-inf", "train:\n  lr: .inf\n", ("train.lr must be a finite number", "inf")),
+    ("lr-minus-inf", "train:\n  lr: -.inf\n", ("train.lr must be a finite number", "-inf")),
+    ("lr-huge-int", "train:\n  lr: 1" + "0" * 400 + "\n",
+     ("train.lr must be a finite number", "too large")),
+    ("list-for-scalar", {"train": {"lr": [0.1]}}, ("train.lr must be a number", "list [0.1]")),
+    ("section-not-mapping", "train: 3\n", ("train must be a mapping", "int 3")),
+    ("section-is-list", "preprocess: [0.1, 0.3]\n", ("preprocess must be a mapping", "list")),
+    ("top-level-list", "- train\n- lr\n", ("top level must be a mapping", "list")),
+    ("top-level-empty-list", "[]\n", ("top level must be a mapping", "list []")),
+    ("top-level-scalar", "0\n", ("top level must be a mapping", "int 0")),
+    ("sources-empty", {"download": {"sources": []}},
+     ("download.sources must be a non-empty list", "list []")),
+    ("sources-not-list", "download:\n  sources: mirrors\n",
+     ("download.sources must be a non-empty list", "str 'mirrors'")),
+    ("sources-unknown", {"download": {"sources": ["mirrors", "ftp"]}},
+     ("download.sources must be one of 'mirrors', 'pypi', 'local'", "got 'ftp'")),
+    ("sources-duplicate", {"download": {"sources": ["pypi", "mirrors", "pypi"]}},
+     ("download.sources lists an entry twice", "'pypi'")),
+    ("threads-zero", {"train": {"threads": 0}}, ("train.threads must be >= 1",)),
+    ("retries-eleven", {"download": {"retries": 11}},
+     ("download.retries must be <= 10", "got 11")),
+    ("retries-negative", {"download": {"retries": -1}}, ("download.retries must be >= 0",)),
+    ("timeout-zero", {"download": {"timeout_s": 0}}, ("download.timeout_s must be > 0",)),
+    ("local-path-empty", {"download": {"local_path": ""}},
+     ("download.local_path must be a non-empty string",)),
+    ("local-path-int", {"download": {"local_path": 3}},
+     ("download.local_path must be a non-empty string", "int 3")),
+    ("evaluate-batch-size-zero", {"evaluate": {"batch_size": 0}},
+     ("evaluate.batch_size must be >= 1",)),
+    ("bf16-string", 'train:\n  bf16: "yes"\n',
+     ("train.bf16 must be true or false", "str 'yes'")),
+    ("bf16-int", {"train": {"bf16": 1}}, ("train.bf16 must be true or false", "int 1")),
+    ("warmup-one", {"train": {"warmup_fraction": 1}}, ("train.warmup_fraction must be < 1",)),
+    ("step-gamma-zero", {"train": {"step_gamma": 0}}, ("train.step_gamma must be > 0",)),
+    ("step-gamma-above-one", {"train": {"step_gamma": 1.5}},
+     ("train.step_gamma must be <= 1",)),
+    ("weight-decay-negative", {"train": {"weight_decay": -0.01}},
+     ("train.weight_decay must be >= 0",)),
+    ("seed-negative", {"train": {"seed": -1}}, ("train.seed must be >= 0",)),
+]
+
+
+@pytest.mark.parametrize(("content", "expected"), [case[1:] for case in BAD_PARAMS],
+                         ids=[case[0] for case in BAD_PARAMS])
+def test_bad_params_raise_one_line_naming_the_key(
+    tmp_path: Path, content: str | dict[str, Any], expected: tuple[str, ...]
+) -> None:
+    path = _write(tmp_path, content, name="my-params.yaml")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert isinstance(info.value, StageError)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    for part in expected:
+        assert part in message
+
+
+def test_parse_params_names_its_source() -> None:
+    with pytest.raises(ParamsError, match=r"^dvc\.yaml vars: train\.lr must be > 0, got -1\.0$"):
+        parse_params({"train": {"lr": -1.0}}, source="dvc.yaml vars")
+
+
+def test_no_suggestion_when_nothing_is_close(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as info:
+        load_params(_write(tmp_path, "train: {zzzzzz: 1}\n"))
+    assert "unknown key 'train.zzzzzz'" in str(info.value)
+    assert "did you mean" not in str(info.value)
+
+
+def test_invalid_yaml_syntax(tmp_path: Path) -> None:
+    path = _write(tmp_path, "train:\n  lr: [0.1, 0.2\n  epochs: 3\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid YAML")
+    assert "(line " in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(ParamsError, match="file not found") as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+
+
+# --- a stage run as a command ---------------------------------------------------------------
+# Starting python + torch costs seconds, so both runs start together when this module starts
+# and go on while the in-process tests above run; each test below then waits for its own run.
+
+OLD_TRAIN_PT = b"an earlier train.pt, byte for byte\x00\xff"
+
+
+def _start_preprocess(cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "stages.preprocess"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bad_params_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, tuple[Path, subprocess.Popen[str]]]]:
+    """``python -m stages.preprocess`` in a work dir whose params.yaml has a misspelt key."""
+    runs = {}
+    for variant in ("fresh", "existing"):
+        work = tmp_path_factory.mktemp(f"bad-params-{variant}")
+        write_raw_dir(work / "data" / "raw", train_count=32, test_count=16)
+        (work / "params.yaml").write_text("preprocess:\n  mean: 0.1307\n  sdt: 0.3081\n")
+        if variant == "existing":
+            (work / "data" / "prepared").mkdir(parents=True)
+            (work / "data" / "prepared" / "train.pt").write_bytes(OLD_TRAIN_PT)
+        runs[variant] = (work, _start_preprocess(work))
+    yield runs
+    for _, process in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _assert_one_line_params_error(process: subprocess.Popen[str]) -> None:
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert stderr.count("\n") == 1
+    assert stderr.endswith("\n")
+    assert stderr.startswith("error: params.yaml: unknown key 'preprocess.sdt'")
+    assert "did you mean 'preprocess.std'?" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
+
+
+def test_stage_with_bad_params_exits_1_with_one_line_and_writes_nothing(
+    bad_params_runs: dict[str, tuple[Path, subprocess.Popen[str]]],
+) -> None:
+    work, process = bad_params_runs["fresh"]
+    _assert_one_line_params_error(process)
+    assert not (work / "data" / "prepared").exists()
+
+
+def test_stage_with_bad_params_leaves_existing_outputs_untouched(
+    bad_params_runs: dict[str, tuple[Path, subprocess.Popen[str]]],
+) -> None:
+    work, process = bad_params_runs["existing"]
+    _assert_one_line_params_error(process)
+    prepared = work / "data" / "prepared"
+    assert (prepared / "train.pt").read_bytes() == OLD_TRAIN_PT
+    assert sorted(p.name for p in prepared.iterdir()) == ["train.pt"]

@@ -1,0 +1,346 @@
+"""Stage 2, preprocess: IDX checks, torchvision-exact normalization, the prepared file format."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stages import preprocess
+from stages.artifacts import file_digest
+from stages.canonical import CanonicalFile
+from stages.errors import StageError
+from stages.idx import encode_idx, read_idx
+from stages.params import Params, PreprocessParams
+from stages.prepared import load_split, write_split
+from stages.preprocess import prepare_split
+from tests.conftest import REPO_ROOT, synthetic_digits, write_raw_dir
+
+DEFAULT = Params().preprocess
+# raw_dir (conftest): train = synthetic_digits(512, seed=0), t10k = synthetic_digits(256, seed=1)
+SPLIT_SOURCES = {"train": (512, 0), "test": (256, 1)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- normalization ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mean", "std"), [(DEFAULT.mean, DEFAULT.std), (0.5, 0.25)],
+                         ids=["default", "other"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_prepared_tensors_equal_torchvision_transform(raw_dir: Path, split: str, mean: float,
+                                                      std: float) -> None:
+    # imported here, not at the top: torchvision takes seconds to import, and this way it
+    # overlaps the stage run that the module fixture ``failed_run`` has already started
+    from torchvision import transforms
+
+    images, labels = prepare_split(raw_dir, split, PreprocessParams(mean=mean, std=std))
+    count, seed = SPLIT_SOURCES[split]
+    raw_images, raw_labels = synthetic_digits(count, seed)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+
+    pil_images = [Image.fromarray(image) for image in raw_images]
+    assert {image.mode for image in pil_images} == {"L"}
+    from_pil = torch.stack([transform(image) for image in pil_images])
+    from_numpy = torch.stack([transform(image) for image in raw_images])
+
+    assert images.dtype == torch.float32
+    assert labels.dtype == torch.int64
+    assert images.shape == (count, 1, 28, 28)
+    assert labels.shape == (count,)
+    torch.testing.assert_close(images, from_pil, rtol=0, atol=1e-6)
+    torch.testing.assert_close(images, from_numpy, rtol=0, atol=1e-6)
+    assert torch.equal(labels, torch.from_numpy(raw_labels).long())
+    # the data exercise the whole range: black-ish noise and 255 blocks
+    assert images.max().item() == pytest.approx((1 - mean) / std, abs=1e-6)
+
+
+def test_mean_and_std_change_the_output(raw_dir: Path) -> None:
+    default, _ = prepare_split(raw_dir, "test", DEFAULT)
+    other, _ = prepare_split(raw_dir, "test", PreprocessParams(mean=0.5, std=0.25))
+    assert not torch.allclose(default, other)
+
+
+# --- the prepared file: write, load, digest --------------------------------------------------
+
+def test_write_load_round_trip_is_bit_identical_and_digest_tracks_pixels(
+    raw_dir: Path, tmp_path: Path
+) -> None:
+    images, labels = prepare_split(raw_dir, "train", DEFAULT)
+    first = write_split(tmp_path / "a", "train", images, labels)
+    first_sha = _sha256(first)
+    loaded = load_split(tmp_path / "a", "train")
+
+    assert first == tmp_path / "a" / "train.pt"
+    assert torch.equal(loaded["images"], images)
+    assert torch.equal(loaded["labels"], labels)
+    assert loaded["images"].dtype == torch.float32
+    assert loaded["labels"].dtype == torch.int64
+    digest = loaded["digest"]
+    assert isinstance(digest, str)
+    assert len(digest) == 64
+    assert set(digest) <= set("0123456789abcdef")
+
+    # same input, written again over itself and into another directory: the same bytes
+    again = write_split(tmp_path / "a", "train", images, labels)
+    elsewhere = write_split(tmp_path / "b", "train", images, labels)
+    assert _sha256(again) == first_sha
+    assert _sha256(elsewhere) == first_sha
+    assert load_split(tmp_path / "b", "train")["digest"] == digest
+    # and no temp files were left beside them
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["train.pt"]
+
+    # prepared again from the same raw files: still the same bytes
+    images_again, labels_again = prepare_split(raw_dir, "train", DEFAULT)
+    assert _sha256(write_split(tmp_path / "c", "train", images_again, labels_again)) == first_sha
+
+    # one pixel changed in the raw file: a different digest and different bytes
+    changed_raw = tmp_path / "changed"
+    shutil.copytree(raw_dir, changed_raw)
+    raw_images = read_idx(changed_raw / "train-images-idx3-ubyte", 3, (28, 28)).copy()
+    raw_images[17, 3, 5] ^= 1
+    (changed_raw / "train-images-idx3-ubyte").write_bytes(encode_idx(raw_images))
+    changed_images, changed_labels = prepare_split(changed_raw, "train", DEFAULT)
+    changed = write_split(tmp_path / "d", "train", changed_images, changed_labels)
+    assert load_split(tmp_path / "d", "train")["digest"] != digest
+    assert _sha256(changed) != first_sha
+
+
+def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
+    images, labels = prepare_split(raw_dir, "test", DEFAULT)
+    write_split(tmp_path / "a", "test", images, labels)
+    swapped = labels.clone()
+    swapped[0] = (swapped[0] + 1) % 10
+    write_split(tmp_path / "b", "test", images, swapped)
+    assert load_split(tmp_path / "a", "test")["digest"] != \
+        load_split(tmp_path / "b", "test")["digest"]
+
+
+def expect_raw_files_as_they_are(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``preprocess.main`` accept the synthetic files in ``raw`` as canonical."""
+    table = tuple(CanonicalFile(p.name, p.stat().st_size, file_digest(p))
+                  for p in sorted(raw.iterdir()))
+    monkeypatch.setattr(preprocess, "EXPECTED_RAW_FILES", table)
+
+
+def test_main_writes_both_splits_from_params_yaml(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    write_raw_dir(tmp_path / "data" / "raw", train_count=40, test_count=24)
+    expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
+    (tmp_path / "params.yaml").write_text("preprocess:\n  mean: 0.5\n  std: 0.25\n")
+    monkeypatch.chdir(tmp_path)
+    preprocess.main()
+    wanted = PreprocessParams(mean=0.5, std=0.25)
+    prepared = tmp_path / "data" / "prepared"
+    assert sorted(p.name for p in prepared.iterdir()) == ["test.pt", "train.pt"]
+    for split, count in (("train", 40), ("test", 24)):
+        loaded = load_split(prepared, split)
+        images, labels = prepare_split(tmp_path / "data" / "raw", split, wanted)
+        assert len(loaded["labels"]) == count
+        assert torch.equal(loaded["images"], images)
+        assert torch.equal(loaded["labels"], labels)
+
+
+# --- bad raw files ---------------------------------------------------------------------------
+
+def test_image_and_label_count_mismatch(raw_dir: Path) -> None:
+    _, labels = synthetic_digits(512, 0)
+    (raw_dir / "train-labels-idx1-ubyte").write_bytes(encode_idx(labels[:-1]))
+    with pytest.raises(StageError) as info:
+        prepare_split(raw_dir, "train", DEFAULT)
+    message = str(info.value)
+    assert str(raw_dir) in message
+    assert "512 images but 511 labels" in message
+
+
+def test_label_out_of_range(raw_dir: Path) -> None:
+    _, labels = synthetic_digits(256, 1)
+    labels = labels.copy()
+    labels[100] = 10
+    (raw_dir / "t10k-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+    with pytest.raises(StageError) as info:
+        prepare_split(raw_dir, "test", DEFAULT)
+    message = str(info.value)
+    assert str(raw_dir / "t10k-labels-idx1-ubyte") in message
+    assert "label 10" in message
+    assert "0-9" in message
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"])
+def test_missing_idx_file(raw_dir: Path, name: str) -> None:
+    (raw_dir / name).unlink()
+    with pytest.raises(StageError) as info:
+        prepare_split(raw_dir, "train", DEFAULT)
+    assert str(raw_dir / name) in str(info.value)
+    assert "file not found" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_truncated_idx_file(raw_dir: Path, name: str) -> None:
+    path = raw_dir / name
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(StageError) as info:
+        prepare_split(raw_dir, "test", DEFAULT)
+    assert str(path) in str(info.value)
+    assert "truncated" in str(info.value)
+
+
+def test_wrong_image_shape(raw_dir: Path) -> None:
+    path = raw_dir / "train-images-idx3-ubyte"
+    path.write_bytes(encode_idx(np.zeros((512, 28, 27), dtype=np.uint8)))
+    with pytest.raises(StageError, match="not the expected") as info:
+        prepare_split(raw_dir, "train", DEFAULT)
+    assert str(path) in str(info.value)
+
+
+# --- bad prepared files ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload", [
+    {"x": 1},
+    [1, 2, 3],
+    torch.zeros(3),
+    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64)},
+    {"images": torch.zeros(2, 1, 28, 28, dtype=torch.float64),
+     "labels": torch.zeros(2, dtype=torch.int64), "digest": "d"},
+    {"images": torch.zeros(2, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
+     "digest": "d"},
+    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int32),
+     "digest": "d"},
+    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(3, dtype=torch.int64),
+     "digest": "d"},
+    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
+     "digest": 5},
+    {"images": 1, "labels": 2, "digest": "d"},
+], ids=["other-dict", "list", "bare-tensor", "no-digest", "float64", "no-channel", "int32-labels",
+        "count-mismatch", "digest-not-str", "not-tensors"])
+def test_load_split_rejects_what_is_not_a_prepared_split(tmp_path: Path, payload: object) -> None:
+    torch.save(payload, tmp_path / "train.pt")
+    with pytest.raises(StageError) as info:
+        load_split(tmp_path, "train")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'train.pt'}: not a prepared split")
+    assert "\n" not in message
+
+
+def test_load_split_accepts_a_minimal_valid_split(tmp_path: Path) -> None:
+    # guards the rejection table above: the same layout with correct types does load
+    torch.save({"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
+                "digest": "d"}, tmp_path / "train.pt")
+    assert load_split(tmp_path, "train")["digest"] == "d"
+
+
+def test_load_split_on_truncated_file(raw_dir: Path, tmp_path: Path) -> None:
+    images, labels = prepare_split(raw_dir, "test", DEFAULT)
+    path = write_split(tmp_path, "test", images, labels)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StageError) as info:
+        load_split(tmp_path, "test")
+    message = str(info.value)
+    assert str(path) in message
+    assert "corrupt" in message
+    assert "\n" not in message
+
+
+def test_load_split_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(StageError) as info:
+        load_split(tmp_path, "train")
+    assert str(tmp_path / "train.pt") in str(info.value)
+    assert "file not found" in str(info.value)
+
+
+# --- a failed run keeps the old outputs ------------------------------------------------------
+
+def _prepared_then_broken(work: Path, broken: str) -> dict[str, bytes]:
+    """Prepare ``work/data/prepared``, then change the raw data but truncate ``broken``.
+
+    Returns the prepared files' bytes before the rerun.
+    """
+    raw = write_raw_dir(work / "data" / "raw", train_count=48, test_count=32)
+    shutil.copyfile(REPO_ROOT / "params.yaml", work / "params.yaml")
+    prepared = work / "data" / "prepared"
+    for split in ("train", "test"):
+        write_split(prepared, split, *prepare_split(raw, split, DEFAULT))
+    before = {p.name: p.read_bytes() for p in prepared.iterdir()}
+    assert sorted(before) == ["test.pt", "train.pt"]
+    # new raw data, so a rerun that got past the broken file would write different bytes
+    write_raw_dir(raw, train_count=64, test_count=40)
+    (raw / broken).write_bytes((raw / broken).read_bytes()[:-3])
+    return before
+
+
+def _prepared_files(work: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (work / "data" / "prepared").iterdir()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def failed_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, dict[str, bytes], subprocess.Popen[str]]]:
+    """``python -m stages.preprocess`` over a truncated train labels file.
+
+    Starting python + torch costs seconds, so the run starts when this module starts and goes
+    on while the in-process tests run; the test at the end waits for it.
+    """
+    work = tmp_path_factory.mktemp("failed-run")
+    before = _prepared_then_broken(work, "train-labels-idx1-ubyte")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "stages.preprocess"], cwd=work, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield work, before, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_failed_main_keeps_previous_prepared_files(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test split is broken: train.pt must not be replaced either (both or neither)
+    before = _prepared_then_broken(tmp_path, "t10k-labels-idx1-ubyte")
+    expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StageError, match="t10k-labels-idx1-ubyte: truncated"):
+        preprocess.main()
+    assert _prepared_files(tmp_path) == before
+
+
+def test_failed_preprocess_command_keeps_previous_prepared_files(
+    failed_run: tuple[Path, dict[str, bytes], subprocess.Popen[str]],
+) -> None:
+    work, before, process = failed_run
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert stderr.count("\n") == 1
+    # the stage checks md5s first: a damaged file never reaches the parser
+    assert stderr.startswith("error: data/raw/train-images-idx3-ubyte: size or md5 is not")
+    assert stdout == ""
+    after = _prepared_files(work)
+    assert not [name for name in after if name.startswith(".")]
+    assert after == before
+
+
+def test_a_bit_flipped_raw_file_is_refused_before_parsing(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = write_raw_dir(tmp_path / "data" / "raw", train_count=40, test_count=24)
+    expect_raw_files_as_they_are(raw, monkeypatch)
+    image_file = raw / "t10k-images-idx3-ubyte"
+    data = bytearray(image_file.read_bytes())
+    data[500] ^= 0x01  # still a well-formed IDX file: only the md5 differs
+    image_file.write_bytes(bytes(data))
+    read_idx(image_file, 3, (28, 28))
+    shutil.copyfile(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StageError, match="t10k-images-idx3-ubyte: size or md5 is not"):
+        preprocess.main()
+    assert not (tmp_path / "data" / "prepared").exists()
