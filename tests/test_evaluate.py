@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from stages.evaluate import Paths, evaluate, per_class_scores
+from stages.evaluate import (
+    CAPTION_HEIGHT,
+    GRID_COLUMNS,
+    GRID_SCALE,
+    Paths,
+    evaluate,
+    misclassified_grid,
+    per_class_scores,
+)
 from stages.prepared import write_split
 from stages.preprocess import prepare_split
 from stages.train import Paths as TrainPaths
@@ -38,7 +48,8 @@ def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tin
     history = train(tiny_params, train_paths)
 
     paths = Paths(prepared=prepared, model=train_paths.model, metrics=tmp_path / "eval.json",
-                  confusion=tmp_path / "confusion.csv", per_class=tmp_path / "per_class.csv")
+                  confusion=tmp_path / "confusion.csv", per_class=tmp_path / "per_class.csv",
+                  misclassified=tmp_path / "misclassified.png")
     metrics = evaluate(100, "cpu", 1, paths)
 
     assert json.loads(paths.metrics.read_text()) == metrics
@@ -54,3 +65,31 @@ def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tin
     per_class = pd.read_csv(paths.per_class)
     assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
     assert per_class.support.sum() == 256
+    assert paths.misclassified.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_misclassified_grid_shows_each_wrong_digit_once():
+    images = torch.rand(30, 1, 28, 28)
+    predictions = pd.DataFrame({"actual": [d % 10 for d in range(30)],
+                                "predicted": [d % 10 for d in range(30)]})
+    wrong = [3, 17, 29]
+    predictions.loc[wrong, "predicted"] = 0
+    predictions.loc[29, "predicted"] = 5
+
+    grid = misclassified_grid(images, predictions, mean=0.0, std=1.0)
+
+    tile = 28 * GRID_SCALE
+    assert grid.size == (GRID_COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
+    pixels = np.asarray(grid)
+    for slot, index in enumerate(wrong):
+        drawn = pixels[:tile, slot * tile:(slot + 1) * tile][::GRID_SCALE, ::GRID_SCALE]
+        expected = (images[index, 0] * 255).round().byte().numpy()
+        assert np.array_equal(drawn, expected)
+    assert not pixels[:, 3 * tile:].any()  # nothing drawn after the third tile
+    assert pixels[tile:, :tile].any()  # a caption under the first
+
+
+def test_misclassified_grid_of_a_perfect_model_is_empty():
+    predictions = pd.DataFrame({"actual": [1, 2], "predicted": [1, 2]})
+    grid = misclassified_grid(torch.zeros(2, 1, 28, 28), predictions, 0.1307, 0.3081)
+    assert not np.asarray(grid).any()
