@@ -85,8 +85,8 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
     images: list[np.ndarray] = []
     for path in paths:
         try:
-            results.append({"image": str(path)})
             images.append(load_image(path))
+            results.append({"image": str(path)})
         except ImageError as err:
             print(f"error: {err}", file=sys.stderr)
             results.append({"image": str(path), "error": str(err)})

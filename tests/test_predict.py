@@ -220,6 +220,14 @@ def test_dark_on_light_is_inverted_to_mnist_light_on_dark(tmp_path):
     assert np.array_equal(dark_on_light, light_on_dark)
 
 
+def test_faint_ink_is_stretched_to_the_full_range_like_mnist(tmp_path):
+    faint = load_image(save(tmp_path / "faint.png", draw_seven(ink=90, background=30)))
+    bold = load_image(save(tmp_path / "bold.png", draw_seven()))
+
+    assert faint.max() == 255 and border(faint).max() == 0
+    assert np.abs(faint.astype(int) - bold).max() <= 3
+
+
 def test_grey_noisy_unevenly_lit_page_fits_like_a_clean_drawing(tmp_path):
     """Pencil on paper: background 200 with grain and a lighting gradient, ink at 80."""
     clean = draw_seven(size=(240, 300), offset=(60, 150)).astype(np.float64)
@@ -256,9 +264,10 @@ def test_model_input_is_normalized_exactly_as_preprocess_does():
 
 # --- real MNIST digits rendered as image files (need `dvc repro`) ---------------------------
 
-# Measured with the default model on 993 correctly classified test digits per rendering,
-# upright and inverted: 28x28 PNG, 112x112 PNG and JPEG all 100 %, the off-centre 90x140 PNG
-# 99.8 %. One miss in 40 is thus far above the expected rate yet still catches a regression.
+# Measured with the default model on all 9,931 test digits it gets right in prepared form,
+# rendered as below, upright and inverted alike: 28x28 PNG 99.98 %, 112x112 PNG 99.91 %,
+# off-centre on 90x140 99.83 %, JPEG 99.92 %. About 0.04 misses are expected in 40, so one
+# is allowed: a margin for another trained model, while a real regression still fails.
 MIN_CORRECT = 39
 
 
