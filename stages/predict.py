@@ -31,6 +31,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from stages.errors import StageError, run_stage
 from stages.model import load_model, predict_log_probs
 from stages.paths import MODEL_FILE
+from stages.prepared import normalize
 
 SIZE = 28  # the MNIST canvas
 BOX = 20  # the larger side of the digit's bounding box in it
@@ -101,8 +102,8 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
 
 
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), by the same operations as preprocess."""
-    return torch.from_numpy(images).unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), normalized as preprocess does."""
+    return normalize(torch.from_numpy(images), mean, std)
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -16,6 +16,11 @@ from stages.artifacts import torch_load_safe, torch_save_atomic
 from stages.errors import StageError
 
 
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W), as ``ToTensor()`` + ``Normalize()``."""
+    return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+
+
 def write_split(prepared_dir: Path, split: str, images: torch.Tensor,
                 labels: torch.Tensor) -> Path:
     digest = hashlib.sha256()

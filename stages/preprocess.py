@@ -16,7 +16,7 @@ from stages.errors import StageError, run_stage
 from stages.idx import read_idx
 from stages.params import PreprocessParams, load_params
 from stages.paths import PREPARED_DIR, RAW_DIR
-from stages.prepared import write_split
+from stages.prepared import normalize, write_split
 
 SPLITS = {"train": "train", "test": "t10k"}  # our name -> the IDX file prefix
 EXPECTED_RAW_FILES = CANONICAL_FILES
@@ -47,11 +47,6 @@ def prepare_split(raw_dir: Path, split: str,
                          "is not a digit 0-9")
     return (normalize(torch.from_numpy(images), params.mean, params.std),
             torch.from_numpy(labels).long())
-
-
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W), as ``ToTensor()`` + ``Normalize()``."""
-    return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from stages.idx import read_idx
 from stages.model import build_model, load_model, predict_log_probs, save_model
 from stages.paths import MODEL_FILE, RAW_DIR
 from stages.predict import ImageError, load_image, main, predict_files, to_model_input
-from stages.preprocess import normalize
+from stages.prepared import normalize
 from tests.conftest import REPO_ROOT
 
 REAL_MODEL = REPO_ROOT / MODEL_FILE
