@@ -1,0 +1,45 @@
+"""Device choice and the GPU path (GPU cases skip cleanly where there is none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.errors import StageError
+from stages.runtime import select_device
+from tests.conftest import with_train
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def test_auto_picks_the_best_available_device():
+    expected = "cuda" if HAS_CUDA else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert select_device("auto").type == expected
+
+
+def test_cpu_is_always_available():
+    assert select_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")
+def test_asking_for_a_missing_device_is_a_one_line_error():
+    with pytest.raises(StageError, match=r"train\.device is 'cuda' but no cuda device"):
+        select_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_on_cuda_learns(tmp_path, raw_dir, tiny_params, bf16):
+    from stages.prepared import write_split
+    from stages.preprocess import prepare_split
+    from stages.train import Paths, train
+
+    prepared = tmp_path / "prepared"
+    for split in ("train", "test"):
+        write_split(prepared, split, *prepare_split(raw_dir, split, tiny_params.preprocess))
+    paths = Paths(prepared=prepared, model=tmp_path / "model.pt",
+                  checkpoint=tmp_path / "ckpt" / "last.pt", metrics=tmp_path / "train.json",
+                  history=tmp_path / "history.csv")
+    history = train(with_train(tiny_params, device="cuda", bf16=bf16, epochs=3), paths)
+    assert history[-1]["test_acc"] > 0.9
