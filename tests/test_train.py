@@ -169,3 +169,12 @@ def test_failed_run_keeps_previous_metrics(tmp_path, prepared_dir, tiny_params):
     with pytest.raises(StageError, match=r"test\.pt: file not found"):
         train(with_train(tiny_params, lr=0.02), paths)
     assert (paths.metrics.read_bytes(), paths.history.read_bytes()) == before
+
+
+def test_without_a_terminal_each_epoch_is_one_clean_line(tmp_path, prepared_dir, tiny_params,
+                                                         capsys):
+    train(with_train(tiny_params, epochs=2), run_paths(tmp_path, prepared_dir))
+    out = capsys.readouterr().out
+    assert "\r" not in out  # no progress bar redraws in CI logs
+    lines = out.splitlines()
+    assert [line.split(" loss")[0] for line in lines] == ["train: epoch 1/2", "train: epoch 2/2"]
