@@ -26,3 +26,6 @@ lint: install
 
 test: lint
 	pytest
+
+benchmark: install
+	python -m benchmarks.train_speed

@@ -2,8 +2,8 @@
 
     python -m benchmarks.train_speed [--runs N] [--quick] [--output docs/benchmarks.md]
 
-Contenders, each in its own process, timed from start to exit, with its peak RSS taken from
-the kernel's accounting for that one child (``os.wait4``):
+Contenders, each in its own process, timed from start to exit, with its peak RSS as the
+kernel accounts it (``ru_maxrss``, read by a bare wrapper process that starts it):
 
 (a) the seed notebook's loop as it was: torchvision's MNIST with a per-item
     ``ToTensor``/``Normalize`` transform, ``DataLoader(batch_size=1000)``, the seed net, SGD;
@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -190,6 +191,7 @@ class Machine(NamedTuple):
 class BenchmarkResults(NamedTuple):
     machine: Machine
     command: str
+    quick: bool
     mode: str
     contenders: list[ContenderResult]
     fine: FineResult
@@ -288,26 +290,42 @@ def stage_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "TQDM_DISABLE": "1"}
 
 
+# Runs a command, then writes its wall time (start to exit) and peak RSS as JSON to the file
+# named first. A bare interpreter on purpose: on Linux a child's ru_maxrss starts from the
+# peak RSS of the process that spawned it (it survives exec), so the benchmark's own large
+# process must not be the direct parent of what it measures.
+MEASURE_WRAPPER = """\
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - started
+maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(sys.argv[1], "w") as out:
+    json.dump({"seconds": seconds, "maxrss": maxrss, "code": code}, out)
+"""
+
+
 def run_measured(command: list[str], cwd: Path, env: dict[str, str], label: str) -> ProcessRun:
     """Run ``command``, echoing its stdout to stderr; its wall time and own peak RSS."""
-    started = time.perf_counter()
-    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True) as proc:
-        try:
-            lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if not line.startswith("{"):
-                    log(f"  {label}: {line.rstrip()}")
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            raise
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchmarkError(f"{label}: `{shlex.join(command)}` exited {proc.returncode}")
-    rss_bytes = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return ProcessRun("".join(lines), seconds, rss_bytes / 1e6)
+    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
+        measured = Path(tmp) / "measured.json"
+        wrapped = [sys.executable, "-I", "-S", "-c", MEASURE_WRAPPER, str(measured), *command]
+        with subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              text=True) as proc:
+            try:
+                lines = []
+                for line in proc.stdout:
+                    lines.append(line)
+                    if not line.startswith("{"):
+                        log(f"  {label}: {line.rstrip()}")
+            except BaseException:
+                proc.send_signal(signal.SIGINT)  # the wrapper then stops its child
+                raise
+        result = json.loads(measured.read_text()) if measured.exists() else {"code": "?"}
+    if result["code"] != 0:
+        raise BenchmarkError(f"{label}: `{shlex.join(command)}` exited {result['code']}")
+    rss_bytes = result["maxrss"] * (1 if sys.platform == "darwin" else 1024)
+    return ProcessRun("".join(lines), result["seconds"], rss_bytes / 1e6)
 
 
 @contextlib.contextmanager
@@ -458,16 +476,13 @@ def fine_time_to_accuracy(params: Params, prepared: Path = PREPARED,
     epoch_seconds: list[float] = []
     eval_seconds: list[float] = []
 
-    def check() -> None:  # pause the clock, score, restart it
-        nonlocal trained, segment, reached
-        _synchronize(device)
-        trained += time.perf_counter() - segment
+    def score_now() -> None:  # with the training clock stopped
+        nonlocal reached
         accuracy, seconds = _test_accuracy(model, test)
         eval_seconds.append(seconds)
         if accuracy >= target:
             reached = (trained, step)
             log(f"fine: {accuracy:.4f} after {trained:.1f} s of training (step {step})")
-        segment = time.perf_counter()
 
     for _ in range(cfg.epochs):
         at_epoch_start = trained
@@ -492,15 +507,17 @@ def fine_time_to_accuracy(params: Params, prepared: Path = PREPARED,
             correct += (log_probs.argmax(1) == targets).sum()
             step += 1
             if reached is None and step % every == 0:
-                check()
+                _synchronize(device)
+                trained += time.perf_counter() - segment
+                score_now()
+                segment = time.perf_counter()
         if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
             scheduler.step()
         _ = (loss_sum.item(), correct.item())  # the stage reads both at each epoch's end
-        if reached is None and step % every != 0:
-            check()
-        else:
-            trained += time.perf_counter() - segment
+        trained += time.perf_counter() - segment
         epoch_seconds.append(trained - at_epoch_start)
+        if reached is None and step % every != 0:  # the stage scores after every epoch
+            score_now()
     final_accuracy, _ = _test_accuracy(model, test)
     seconds, at_step = reached if reached is not None else (None, None)
     return FineResult(seconds, at_step, steps_per_epoch, epoch_seconds,
@@ -537,7 +554,22 @@ def dvc_out_of_date() -> str | None:
     changes = json.loads(status.stdout or "{}")
     if not changes:
         return None
-    return f"`dvc status` says the pipeline is not up to date: {json.dumps(changes)}"
+    return f"`dvc status` says the pipeline is not up to date: {summarize_dvc_status(changes)}"
+
+
+def summarize_dvc_status(changes: dict[str, Any]) -> str:
+    """``dvc status --json`` in one line: each stage and what changed in it."""
+    stages = []
+    for stage, entries in changes.items():
+        what = []
+        for entry in entries:
+            if isinstance(entry, dict):  # {"changed deps": {path: state}, ...}
+                what += [f"{path} {state}" for paths in entry.values() if isinstance(paths, dict)
+                         for path, state in paths.items()]
+            else:                        # e.g. "always changed"
+                what.append(str(entry))
+        stages.append(f"{stage}: {', '.join(what)}")
+    return "; ".join(stages)
 
 
 def time_dvc_noop(runs: int) -> StageTiming:
@@ -623,7 +655,8 @@ def run_benchmark(runs: int, quick: bool, argv: Sequence[str]) -> BenchmarkResul
     seed_epochs = 1 if quick else SEED_EPOCHS
     seeded = seed_params(seed_epochs)
     log("timing the stage's test-set scoring, to subtract it from epoch times")
-    estimates = {net: stage_eval_seconds(net) for net in ("seed", defaults.model.net)}
+    reps = 1 if quick else 3
+    estimates = {net: stage_eval_seconds(net, reps) for net in ("seed", defaults.model.net)}
 
     log(f"(a) seed notebook loop, {seed_epochs} epoch(s)")
     a = measure_seed_notebook(seed_epochs)
@@ -642,10 +675,11 @@ def run_benchmark(runs: int, quick: bool, argv: Sequence[str]) -> BenchmarkResul
               time_dvc_noop(runs)]
     log("counting FLOPs and timing a matmul")
     throughput = measure_throughput(c, fine, defaults)
-    mode = (f"{'quick' if quick else 'full'}: {runs} run(s) of (b) and (c); (a) and each (b) "
-            f"run {seed_epochs} epoch(s); (c) {defaults.train.epochs} epochs (its default)")
-    return BenchmarkResults(machine_info(load_start), command_line(argv), mode, [a, b, c], fine,
-                            stages, estimates, throughput)
+    mode = (f"{'quick' if quick else 'full'}: {runs} run(s) of (b), (c) and the other stages; "
+            f"(a) and each (b) run {seed_epochs} epoch(s); (c) {defaults.train.epochs} epochs "
+            "(its default)")
+    return BenchmarkResults(machine_info(load_start), command_line(argv), quick, mode,
+                            [a, b, c], fine, stages, estimates, throughput)
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -768,6 +802,9 @@ def render_report(results: BenchmarkResults) -> str:
         f"- command: `{results.command}`",
         f"- mode: {results.mode}",
         "",
+        *(["> **Quick mode** checks the plumbing: too few epochs and runs for these figures "
+           "to stand for anything. Run without `--quick` to measure.", ""]
+          if results.quick else []),
         "## Training",
         "",
         "| contender | epochs x runs | wall / epoch (s) | training / epoch (s) | whole stage (s) "

@@ -19,9 +19,6 @@ class CompactNet(nn.Module):
     the relu gives the same result as after it (both are monotonic) on a quarter of the data.
     """
 
-    # channels-last runs the CPU (oneDNN) convolutions and pooling about 1.5x faster
-    channels_last = True
-
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -35,9 +32,11 @@ class CompactNet(nn.Module):
 
 
 class SeedNet(nn.Module):
-    """The seed notebook's network, unchanged (the classic pytorch/examples MNIST net)."""
+    """The seed notebook's network (the classic pytorch/examples MNIST net).
 
-    channels_last = False  # its x.view(-1, 320) needs the default memory layout
+    Layers and computation are the notebook's; only ``x.view(-1, 320)`` became the equivalent
+    ``x.flatten(1)``, which also accepts the channels-last layout (2x faster here).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,7 +49,7 @@ class SeedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
-        x = x.view(-1, 320)
+        x = x.flatten(1)
         x = F.relu(self.fc1(x))
         x = F.dropout(x, training=self.training)
         x = self.fc2(x)
@@ -61,10 +60,11 @@ NETS: dict[str, type[nn.Module]] = {"compact": CompactNet, "seed": SeedNet}
 
 
 def build_model(net: str, device: torch.device | str = "cpu") -> nn.Module:
-    """A freshly initialized ``net`` on ``device``, in the memory layout it runs fastest in."""
-    model = NETS[net]()
-    layout = torch.channels_last if model.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=layout)
+    """A freshly initialized ``net`` on ``device``.
+
+    Channels-last: oneDNN's CPU convolutions and pooling run 1.5-2x faster in that layout.
+    """
+    return NETS[net]().to(device, memory_format=torch.channels_last)
 
 
 @torch.inference_mode()

@@ -76,7 +76,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = _bounded(10000, ge=1)
+    batch_size: int = _bounded(1000, ge=1)
 
 
 @dataclass(frozen=True)

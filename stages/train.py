@@ -40,6 +40,7 @@ from stages.paths import CHECKPOINT_FILE, MODEL_FILE, PREPARED_DIR, TRAIN_HISTOR
 from stages.prepared import load_split
 from stages.runtime import configure_torch, select_device
 
+SCORE_BATCH_SIZE = 1000  # larger batches score no faster and cost more memory
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
@@ -171,7 +172,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def score(model: nn.Module, data: dict[str, Any], device: torch.device) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on a prepared split."""
-    log_probs = predict_log_probs(model, data["images"], batch_size=10000)
+    log_probs = predict_log_probs(model, data["images"], batch_size=SCORE_BATCH_SIZE)
     targets = data["labels"]
     loss = F.nll_loss(log_probs, targets, reduction="sum").item() / len(targets)
     return loss, (log_probs.argmax(1) == targets).float().mean().item()

@@ -16,6 +16,7 @@ from benchmarks.train_speed import (
     parse_epoch_lines,
     render_report,
     speedup,
+    summarize_dvc_status,
     train_seconds_to_accuracy,
     train_step_flops,
 )
@@ -64,6 +65,14 @@ def test_train_step_flops_are_positive_and_linear_in_the_batch_size() -> None:
     assert double == 2 * small
 
 
+def test_dvc_status_is_summarized_per_stage() -> None:
+    status = {"train": [{"changed deps": {"stages/paths.py": "modified"}},
+                        {"changed outs": {"data/checkpoints": "not in cache"}}],
+              "evaluate": ["always changed"]}
+    assert summarize_dvc_status(status) == (
+        "train: stages/paths.py modified, data/checkpoints not in cache; evaluate: always changed")
+
+
 def fabricated_results(*, fast: bool) -> BenchmarkResults:
     """Results that meet every target (``fast``) or miss every one."""
     def contender(key: str, epoch_s: float, acc: float, stage_s: float,
@@ -85,7 +94,7 @@ def fabricated_results(*, fast: bool) -> BenchmarkResults:
                           "" if fast else "not run: `dvc status` says train changed")]
     throughput = Throughput(128, 300_000_000, 469, 140_000_000_000, 4.5, 4.4, 90.0)
     machine = Machine("Test CPU", 2, 2, "2.14.1", 2, "2025-01-01 00:00 UTC", 1.0, 1.5)
-    return BenchmarkResults(machine, "python -m benchmarks.train_speed --quick", "quick",
+    return BenchmarkResults(machine, "python -m benchmarks.train_speed --quick", True, "quick",
                             [a, b, c], fine, stages, {"seed": 0.3, "compact": 0.5}, throughput)
 
 
@@ -107,6 +116,7 @@ def test_report_has_every_contender_and_marks_the_targets() -> None:
     for title in ("(a) contender a", "(b) contender b", "(c) contender c", "in process"):
         assert title in good
     assert "Test CPU" in good and "python -m benchmarks.train_speed --quick" in good
+    assert "Quick mode" in good
     assert "3.00x" in good  # (a)/(b) per-epoch wall time
     targets = good.split("## Targets", 1)[1]
     assert targets.count("PASS") == 7 and "FAIL" not in targets
