@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from stages.errors import StageError
+
+VERIFIED_HEADER = b"mnist-dvc sha256 "
 
 
 @contextlib.contextmanager
@@ -62,6 +65,30 @@ def torch_save_atomic(destination: Path | str, obj: Any) -> None:
         # A file object, not a path: torch names the archive's records after the file, and
         # the random temporary name would make identical contents hash differently.
         torch.save(obj, f)
+
+
+def torch_save_verified(destination: Path | str, obj: Any) -> None:
+    """Save ``obj`` behind a sha256 header line, so a damaged file is caught before parsing.
+
+    torch's own format does not notice a flipped bit in tensor data.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    header = VERIFIED_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n"
+    write_bytes_atomic(destination, header + data)
+
+
+def torch_load_verified(path: Path | str) -> Any:
+    """Load a file written by ``torch_save_verified``: check its digest, then load safely."""
+    path = Path(path)
+    try:
+        header, _, data = path.read_bytes().partition(b"\n")
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found") from None
+    if header != VERIFIED_HEADER + hashlib.sha256(data).hexdigest().encode():
+        raise StageError(f"{path}: checksum mismatch (truncated, tampered or not ours)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def torch_load_safe(path: Path | str, *, mmap: bool = False) -> Any:

@@ -28,8 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.artifacts import (
-    torch_load_safe,
-    torch_save_atomic,
+    torch_load_verified,
+    torch_save_verified,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -94,7 +94,7 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
                                                 shuffle, device, f"epoch {epoch}/{cfg.epochs}")
         test_loss, test_acc = score(model, test_set, device)
         history.append(history_row(epoch, train_loss, train_acc, test_loss, test_acc))
-        torch_save_atomic(paths.checkpoint, {
+        torch_save_verified(paths.checkpoint, {
             "fingerprint": fingerprint, "history": history,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -193,7 +193,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        checkpoint = torch_load_safe(path)
+        checkpoint = torch_load_verified(path)
         if not isinstance(checkpoint, dict) or "fingerprint" not in checkpoint:
             raise StageError(f"{path}: not a checkpoint written by this stage")
     except StageError as err:

@@ -165,6 +165,33 @@ def test_bad_params_raise_one_line_naming_the_key(
         assert part in message
 
 
+EXISTING_OUTPUTS = ("data/raw/train-images-idx3-ubyte", "data/prepared/train.pt",
+                    "data/model/model.pt", "data/checkpoints/last.pt", "metrics/train.json",
+                    "metrics/eval.json")
+
+
+@pytest.mark.parametrize(("content", "expected"), [case[1:] for case in BAD_PARAMS],
+                         ids=[case[0] for case in BAD_PARAMS])
+def test_every_stage_refuses_bad_params_before_touching_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | dict[str, Any],
+    expected: tuple[str, ...]
+) -> None:
+    from stages import download, evaluate, preprocess, train
+
+    for index, name in enumerate(EXISTING_OUTPUTS):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(f"earlier output {index}".encode())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    _write(tmp_path, content)
+    monkeypatch.chdir(tmp_path)
+    for stage in (download, preprocess, train, evaluate):
+        with pytest.raises(ParamsError) as info:
+            stage.main()
+        assert all(part in str(info.value) for part in expected), stage.__name__
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == {**before, tmp_path / "params.yaml": (tmp_path / "params.yaml").read_bytes()}
+
+
 def test_parse_params_names_its_source() -> None:
     with pytest.raises(ParamsError, match=r"^dvc\.yaml vars: train\.lr must be > 0, got -1\.0$"):
         parse_params({"train": {"lr": -1.0}}, source="dvc.yaml vars")

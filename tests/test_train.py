@@ -139,7 +139,7 @@ def test_checkpoint_of_other_params_is_set_aside(tmp_path, prepared_dir, tiny_pa
     assert len(history) == 1  # trained from scratch, not continued
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign"])
+@pytest.mark.parametrize("damage", ["truncate", "bit flip", "garbage", "foreign"])
 def test_damaged_checkpoint_is_set_aside_and_training_restarts(tmp_path, prepared_dir,
                                                                tiny_params, capsys, damage):
     clean = run_paths(tmp_path / "clean", prepared_dir)
@@ -149,9 +149,13 @@ def test_damaged_checkpoint_is_set_aside_and_training_restarts(tmp_path, prepare
     good = clean.checkpoint.read_bytes()
     if damage == "truncate":
         paths.checkpoint.write_bytes(good[: len(good) // 2])
+    elif damage == "bit flip":  # in tensor data: torch.load alone would not notice
+        flipped = bytearray(good)
+        flipped[len(good) // 2] ^= 0x01
+        paths.checkpoint.write_bytes(bytes(flipped))
     elif damage == "garbage":
         paths.checkpoint.write_bytes(b"\x00not a checkpoint" * 100)
-    else:
+    else:  # a valid torch file, but not a checkpoint of ours
         torch.save({"weights": torch.zeros(3)}, paths.checkpoint)
 
     train(tiny_params, paths)
