@@ -49,7 +49,7 @@ from stages.model import build_model, predict_log_probs
 from stages.params import Params, parse_params
 from stages.prepared import load_split
 from stages.runtime import configure_torch, select_device
-from stages.train import make_optimizer, make_scheduler, score
+from stages.train import make_optimizer, make_scheduler, score, train_step
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREPARED = REPO_ROOT / "data" / "prepared"
@@ -487,24 +487,12 @@ def fine_time_to_accuracy(params: Params, prepared: Path = PREPARED,
     for _ in range(cfg.epochs):
         at_epoch_start = trained
         segment = time.perf_counter()
-        # From here to the end of the epoch: stages.train.train_one_epoch's body.
+        # stages.train.train_one_epoch's loop, with the test set scored every `every` steps
         order = torch.randperm(count, generator=shuffle).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
         model.train()
         for start in range(0, count, cfg.batch_size):
             index = order[start:start + cfg.batch_size]
-            inputs, targets = images[index], labels[index]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                log_probs = model(inputs)
-            loss = F.nll_loss(log_probs.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-                scheduler.step()
-            loss_sum += loss.detach() * len(targets)
-            correct += (log_probs.argmax(1) == targets).sum()
+            train_step(model, optimizer, scheduler, images[index], labels[index], cfg.bf16)
             step += 1
             if reached is None and step % every == 0:
                 _synchronize(device)
@@ -513,7 +501,7 @@ def fine_time_to_accuracy(params: Params, prepared: Path = PREPARED,
                 segment = time.perf_counter()
         if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
             scheduler.step()
-        _ = (loss_sum.item(), correct.item())  # the stage reads both at each epoch's end
+        _synchronize(device)
         trained += time.perf_counter() - segment
         epoch_seconds.append(trained - at_epoch_start)
         if reached is None and step % every != 0:  # the stage scores after every epoch

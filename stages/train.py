@@ -153,21 +153,29 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     for step, start in enumerate(batches):
         index = order[start:start + cfg.batch_size]
         inputs, targets = images[index], labels[index]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            log_probs = model(inputs)
-        loss = F.nll_loss(log_probs.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-            scheduler.step()
-        loss_sum += loss.detach() * len(targets)
+        loss, log_probs = train_step(model, optimizer, scheduler, inputs, targets, cfg.bf16)
+        loss_sum += loss * len(targets)
         correct += (log_probs.argmax(1) == targets).sum()
         if step % 50 == 0 and not batches.disable:
             batches.set_postfix(loss=f"{loss.item():.4f}")
     if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
         scheduler.step()
     return loss_sum.item() / count, correct.item() / count
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None, inputs: torch.Tensor,
+               targets: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch; returns (loss, log-probabilities), left on the device."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+        log_probs = model(inputs)
+    loss = F.nll_loss(log_probs.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        scheduler.step()
+    return loss.detach(), log_probs.detach()
 
 
 def score(model: nn.Module, data: dict[str, Any], device: torch.device) -> tuple[float, float]:
