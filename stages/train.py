@@ -76,16 +76,7 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
 
     checkpoint = load_checkpoint(paths.checkpoint, fingerprint)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng_global"])
-        shuffle.set_state(checkpoint["rng_shuffle"])
-        # Rebuilt with our own key objects: pickle then writes the next checkpoint byte for
-        # byte as an uninterrupted run would.
-        history = [history_row(*(row[k] for k in HISTORY_COLUMNS))
-                   for row in checkpoint["history"]]
+        history = restore(checkpoint, model, optimizer, scheduler, shuffle, device)
         print(f"train: resuming from {paths.checkpoint} after epoch {len(history)}")
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
@@ -99,6 +90,8 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng_global": torch.get_rng_state(), "rng_shuffle": shuffle.get_state(),
+            # dropout on a GPU draws from the device's own generator
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         })
         write_metrics(paths, history)
         print(f"train: epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} "
@@ -109,6 +102,23 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
                params.preprocess.std)
     write_metrics(paths, history)
     return history
+
+
+def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler | None, shuffle: torch.Generator,
+            device: torch.device) -> list[dict[str, float]]:
+    """Put the training state back as it was after the checkpoint's epoch; return the history."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng_global"])
+    shuffle.set_state(checkpoint["rng_shuffle"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
+    # Rebuilt with our own key objects: pickle then writes the next checkpoint byte for byte
+    # as an uninterrupted run would.
+    return [history_row(*(row[k] for k in HISTORY_COLUMNS)) for row in checkpoint["history"]]
 
 
 def history_row(*values: float) -> dict[str, float]:
