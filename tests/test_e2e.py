@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
 
 import pytest
 import yaml
@@ -109,6 +111,28 @@ def test_exp_run_with_new_lr_reruns_only_train_and_evaluate(pipeline):
     assert diff["loss"]["diff"] != 0
     lr = json.loads(repo.dvc("params", "diff", "--json").stdout)["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (0.01, 0.02)
+    back_to_baseline(repo)
+
+
+def test_exp_show_shows_a_running_experiments_progress(pipeline):
+    repo, _ = pipeline
+    train_json = repo.root / "metrics" / "train.json"
+    baseline = train_json.read_text()
+    running = subprocess.Popen(["dvc", "exp", "run", "-S", "train.epochs=2"], cwd=repo.root,
+                               env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while train_json.read_text() == baseline:  # until the first epoch of this run ends
+            assert running.poll() is None and time.monotonic() < deadline, "no epoch seen"
+            time.sleep(0.5)
+        shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+        live = shown[0]["data"]["metrics"]["metrics/train.json"]["data"]
+        assert shown[0]["rev"] == "workspace" and live["epoch"] == 1
+        assert running.poll() is None  # seen while the experiment was still running
+    finally:
+        output, _ = running.communicate(timeout=300)
+    assert running.returncode == 0, output
     back_to_baseline(repo)
 
 
