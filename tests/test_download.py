@@ -403,23 +403,20 @@ def test_no_mirrors(canonical, dest):
         download.download_from_mirrors(dest, canonical.files, [], {}, 5.0, 0)
 
 
-def test_a_transfer_cut_short_is_a_source_error(canonical, dest, http_server):
-    base = serve_gz(http_server, "/cut/", canonical)
-    route = http_server.routes[f"/cut/{NAMES[0]}.gz"]
-    route.content_length = len(route.body) + 1000  # the server promises more than it sends
+@pytest.mark.parametrize(("framing", "expected"), [
+    ("content-length", "transfer cut short"),  # the server promises more than it sends
+    ("chunked", "IncompleteRead"),
+])
+def test_a_transfer_cut_short_is_a_source_error(canonical, dest, http_server, framing,
+                                                expected):
+    base = serve_gz(http_server, f"/{framing}/", canonical)
+    route = http_server.routes[f"/{framing}/{NAMES[0]}.gz"]
+    if framing == "chunked":
+        route.mode = "chunked-cut"
+    else:
+        route.content_length = len(route.body) + 1000
 
-    with pytest.raises(SourceError, match="transfer cut short"):
-        download.download_from_mirrors(dest, canonical.files, [base], canonical.gz_md5(),
-                                       5.0, 0)
-    assert_empty(dest)
-
-
-def test_a_chunked_transfer_cut_short_is_a_source_error(canonical, dest, http_server):
-    base = serve_gz(http_server, "/chunked/", canonical)
-    route = http_server.routes[f"/chunked/{NAMES[0]}.gz"]
-    route.mode = "chunked-cut"
-
-    with pytest.raises(SourceError, match="IncompleteRead"):
+    with pytest.raises(SourceError, match=expected):
         download.download_from_mirrors(dest, canonical.files, [base], canonical.gz_md5(),
                                        5.0, 0)
     assert_empty(dest)
