@@ -47,8 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stages.model import build_model, predict_log_probs
 from stages.params import Params, parse_params
-from stages.prepared import load_split
-from stages.runtime import configure_torch, select_device
+from stages.runtime import configure_torch, load_split, select_device
 from stages.train import make_optimizer, make_scheduler, score, train_step
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -525,6 +524,19 @@ def time_stage(name: str, links: Sequence[str], runs: int) -> StageTiming:
     return StageTiming(name, f"python -m stages.{name}", seconds, rss)
 
 
+def time_torch_import(runs: int) -> StageTiming:
+    """Starting python and importing torch: the floor under every stage that uses torch."""
+    seconds, rss = [], []
+    for run in range(1, runs + 1):
+        log(f"import torch, run {run}/{runs}")
+        result = run_measured([sys.executable, "-c", "import torch"], REPO_ROOT, stage_env(),
+                              "import torch")
+        seconds.append(result.seconds)
+        rss.append(result.peak_rss_mb)
+    return StageTiming("import torch", 'python -c "import torch"', seconds, rss,
+                       "the floor under train and evaluate")
+
+
 def dvc_env() -> dict[str, str]:
     path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
     return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"}
@@ -660,7 +672,7 @@ def run_benchmark(runs: int, quick: bool, argv: Sequence[str]) -> BenchmarkResul
     fine = fine_time_to_accuracy(defaults)
     stages = [time_stage("evaluate", ["data/prepared", "data/model"], runs),
               time_stage("preprocess", ["data/raw"], runs),
-              time_dvc_noop(runs)]
+              time_dvc_noop(runs), time_torch_import(runs)]
     log("counting FLOPs and timing a matmul")
     throughput = measure_throughput(c, fine, defaults)
     mode = (f"{'quick' if quick else 'full'}: {runs} run(s) of (b), (c) and the other stages; "

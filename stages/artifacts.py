@@ -1,4 +1,5 @@
-"""Writing outputs atomically, hashing files and loading untrusted tensors safely.
+"""Writing outputs atomically and hashing files (no torch here: download and preprocess
+run without importing it).
 
 Every artifact is written to a temporary file beside its destination and renamed over it,
 so a stage killed at any moment leaves either the old file or the new one, never half of one.
@@ -7,20 +8,17 @@ so a stage killed at any moment leaves either the old file or the new one, never
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from stages.errors import StageError
-
-VERIFIED_HEADER = b"mnist-dvc sha256 "
 
 
 @contextlib.contextmanager
@@ -60,47 +58,14 @@ def write_json_atomic(destination: Path | str, payload: Any) -> None:
     write_bytes_atomic(destination, (json.dumps(payload, indent=2) + "\n").encode())
 
 
-def torch_save_atomic(destination: Path | str, obj: Any) -> None:
-    with atomic_path(destination) as tmp, open(tmp, "wb") as f:
-        # A file object, not a path: torch names the archive's records after the file, and
-        # the random temporary name would make identical contents hash differently.
-        torch.save(obj, f)
-
-
-def torch_save_verified(destination: Path | str, obj: Any) -> None:
-    """Save ``obj`` behind a sha256 header line, so a damaged file is caught before parsing.
-
-    torch's own format does not notice a flipped bit in tensor data.
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data = buffer.getvalue()
-    header = VERIFIED_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n"
-    write_bytes_atomic(destination, header + data)
-
-
-def torch_load_verified(path: Path | str) -> Any:
-    """Load a file written by ``torch_save_verified``: check its digest, then load safely."""
-    path = Path(path)
-    try:
-        header, _, data = path.read_bytes().partition(b"\n")
-    except FileNotFoundError:
-        raise StageError(f"{path}: file not found") from None
-    if header != VERIFIED_HEADER + hashlib.sha256(data).hexdigest().encode():
-        raise StageError(f"{path}: checksum mismatch (truncated, tampered or not ours)")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def torch_load_safe(path: Path | str, *, mmap: bool = False) -> Any:
-    """Load a tensor file with ``weights_only=True``; a missing or damaged file is a StageError."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"{path}: file not found (run the stage that produces it: dvc repro)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StageError(f"{path}: unreadable or corrupt ({reason[:160]})") from None
+def write_csv_atomic(destination: Path | str, columns: Sequence[str],
+                     rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file with a header row, as DVC's plots read it."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_bytes_atomic(destination, text.getvalue().encode())
 
 
 def file_digest(path: Path | str, algorithm: str = "md5") -> str:

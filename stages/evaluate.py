@@ -12,20 +12,20 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from stages.artifacts import write_bytes_atomic, write_json_atomic
+from stages.artifacts import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from stages.errors import run_stage
 from stages.model import load_model, predict_log_probs
 from stages.params import load_params
 from stages.paths import CONFUSION, EVAL_METRICS, MISCLASSIFIED, MODEL_FILE, PER_CLASS, PREPARED_DIR
-from stages.prepared import load_split
-from stages.runtime import configure_torch, select_device
+from stages.runtime import configure_torch, load_split, select_device
 
 DIGITS = range(10)
+SCORES = ("precision", "recall", "f1")  # per digit
 GRID_COLUMNS = 10
 GRID_SCALE = 2  # each 28x28 digit drawn at 56x56
 CAPTION_HEIGHT = 14
@@ -54,32 +54,54 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
     test = load_split(paths.prepared, "test", device)
     log_probs = predict_log_probs(model, test["images"], batch_size)
     loss = F.nll_loss(log_probs, test["labels"], reduction="mean").item()
-    predictions = pd.DataFrame({"actual": test["labels"].cpu().numpy(),
-                                "predicted": log_probs.argmax(1).cpu().numpy()})
-    per_class = per_class_scores(predictions)
+    actual, predicted = test["labels"].cpu().numpy(), log_probs.argmax(1).cpu().numpy()
+    scores = per_class_scores(actual, predicted)
+    errors = int((actual != predicted).sum())
     metrics = {
-        "accuracy": round(float((predictions.actual == predictions.predicted).mean()), 6),
+        "accuracy": round(1 - errors / len(actual), 6),
         "loss": round(loss, 6),
-        "errors": int((predictions.actual != predictions.predicted).sum()),
-        "macro_f1": round(float(per_class.f1.mean()), 6),
-        "per_class": per_class[["precision", "recall", "f1"]].round(6).rename(index=str)
-                              .to_dict(orient="index"),
+        "errors": errors,
+        "macro_f1": round(float(scores["f1"].mean()), 6),
+        "per_class": {str(digit): {name: round(float(scores[name][digit]), 6)
+                                   for name in SCORES}
+                      for digit in DIGITS},
     }
     write_json_atomic(paths.metrics, metrics)
-    write_bytes_atomic(paths.confusion, predictions.to_csv(index=False).encode())
-    write_bytes_atomic(paths.per_class,
-                       per_class.round(6).to_csv(index_label="digit").encode())
-    grid = misclassified_grid(test["images"].cpu(), predictions, saved["mean"], saved["std"])
+    write_csv_atomic(paths.confusion, ["actual", "predicted"],
+                     zip(actual, predicted, strict=True))
+    write_csv_atomic(paths.per_class, ["digit", *SCORES, "support"], (
+        [digit, *(metrics["per_class"][str(digit)][name] for name in SCORES),
+         int(scores["support"][digit])] for digit in DIGITS))
+    grid = misclassified_grid(test["images"].cpu(), actual, predicted, saved["mean"], saved["std"])
     write_bytes_atomic(paths.misclassified, png_bytes(grid))
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, {metrics['errors']} errors, "
           f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
     return metrics
 
 
-def misclassified_grid(images: torch.Tensor, predictions: pd.DataFrame, mean: float,
-                       std: float, limit: int = 100) -> Image.Image:
+def per_class_scores(actual: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per digit (arrays indexed by digit).
+
+    A digit never predicted, or never present, scores 0 rather than NaN.
+    """
+    confusion = np.bincount(actual * 10 + predicted, minlength=100).reshape(10, 10)
+    hits = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    precision = _ratio(hits, confusion.sum(axis=0))
+    recall = _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)),
+                     where=denominator != 0)
+
+
+def misclassified_grid(images: torch.Tensor, actual: np.ndarray, predicted: np.ndarray,
+                       mean: float, std: float, limit: int = 100) -> Image.Image:
     """The first ``limit`` misclassified test digits, each captioned "true>predicted"."""
-    wrong = predictions.index[predictions.actual != predictions.predicted][:limit]
+    wrong = np.flatnonzero(actual != predicted)[:limit]
     tile = 28 * GRID_SCALE
     rows = max(1, -(-len(wrong) // GRID_COLUMNS))
     grid = Image.new("L", (GRID_COLUMNS * tile, rows * (tile + CAPTION_HEIGHT)))
@@ -89,8 +111,7 @@ def misclassified_grid(images: torch.Tensor, predictions: pd.DataFrame, mean: fl
         digit = Image.fromarray(pixels.numpy()).resize((tile, tile), Image.Resampling.NEAREST)
         x, y = (slot % GRID_COLUMNS) * tile, (slot // GRID_COLUMNS) * (tile + CAPTION_HEIGHT)
         grid.paste(digit, (x, y))
-        actual, predicted = predictions.loc[index, ["actual", "predicted"]]
-        draw.text((x + 14, y + tile + 1), f"{actual}>{predicted}", fill=255)
+        draw.text((x + 14, y + tile + 1), f"{actual[index]}>{predicted[index]}", fill=255)
     return grid
 
 
@@ -98,20 +119,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def per_class_scores(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Precision, recall, F1 and support per digit, from a confusion matrix."""
-    confusion = pd.crosstab(predictions.actual, predictions.predicted).reindex(
-        index=DIGITS, columns=DIGITS, fill_value=0)
-    hits = pd.Series([confusion.at[d, d] for d in DIGITS], index=DIGITS, dtype=float)
-    predicted = confusion.sum(axis=0).astype(float)
-    actual = confusion.sum(axis=1).astype(float)
-    precision = (hits / predicted).fillna(0.0)
-    recall = (hits / actual).fillna(0.0)
-    f1 = (2 * precision * recall / (precision + recall)).fillna(0.0)
-    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1,
-                         "support": actual.astype(int)})
 
 
 if __name__ == "__main__":

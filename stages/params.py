@@ -61,9 +61,9 @@ class ModelParams:
 class TrainParams:
     seed: int = _bounded(1, ge=0)
     epochs: int = _bounded(2, ge=1)
-    batch_size: int = _bounded(128, ge=1)
+    batch_size: int = _bounded(256, ge=1)
     optimizer: OptimizerName = "adam"
-    lr: float = _bounded(0.01, gt=0)
+    lr: float = _bounded(0.025, gt=0)
     momentum: float = _bounded(0.9, ge=0, lt=1)
     weight_decay: float = _bounded(0.0, ge=0)
     schedule: ScheduleName = "onecycle"

@@ -103,7 +103,7 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
 
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), normalized as preprocess does."""
-    return normalize(torch.from_numpy(images), mean, std)
+    return torch.from_numpy(normalize(images, mean, std))
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -1,15 +1,15 @@
 """Stage 2, preprocess: parse and validate the IDX files, cache normalized tensors.
 
-Writes ``data/prepared/{train,test}.pt`` (format: stages/prepared.py), with images mapped
-exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)`` would map them, so
-training needs no per-item transform.
+Writes ``data/prepared/{train,test}_{images,labels}.npy`` (format: stages/prepared.py),
+with images mapped exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)``
+would map them, so training needs no per-item transform. Runs without importing torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from stages.canonical import CANONICAL_FILES, verify_raw_dir
 from stages.errors import StageError, run_stage
@@ -26,16 +26,16 @@ def main() -> None:
     params = load_params().preprocess
     # A flipped bit in a pixel still parses: only the md5 can tell.
     verify_raw_dir(RAW_DIR, EXPECTED_RAW_FILES)
-    # Check every split before writing any: a bad test file must not leave a new train.pt
-    # beside the old test.pt.
+    # Check every split before writing any: a bad test file must not leave a new train split
+    # beside the old test split.
     prepared = {split: prepare_split(RAW_DIR, split, params) for split in SPLITS}
     for split, (images, labels) in prepared.items():
-        path = write_split(PREPARED_DIR, split, images, labels)
-        print(f"preprocess: wrote {path} ({len(labels)} images)")
+        write_split(PREPARED_DIR, split, images, labels)
+        print(f"preprocess: wrote the {split} split ({len(labels)} images) to {PREPARED_DIR}")
 
 
 def prepare_split(raw_dir: Path, split: str,
-                  params: PreprocessParams) -> tuple[torch.Tensor, torch.Tensor]:
+                  params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one split's IDX files; return (normalized images, labels)."""
     prefix = SPLITS[split]
     images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", 3, (28, 28))
@@ -45,8 +45,7 @@ def prepare_split(raw_dir: Path, split: str,
     if labels.size and labels.max() > 9:
         raise StageError(f"{raw_dir / f'{prefix}-labels-idx1-ubyte'}: label {labels.max()} "
                          "is not a digit 0-9")
-    return (normalize(torch.from_numpy(images), params.mean, params.std),
-            torch.from_numpy(labels).long())
+    return normalize(images, params.mean, params.std), labels.astype(np.int64)
 
 
 if __name__ == "__main__":

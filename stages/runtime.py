@@ -1,12 +1,21 @@
-"""Where and how torch computes: device choice, thread count and determinism."""
+"""Where and how torch computes: device choice, threads, determinism, the data on the device."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+from pathlib import Path
 
 import torch
+import torch.utils.deterministic
 
 from stages.errors import StageError
+from stages.prepared import read_split
+
+# mallopt() options, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 
 
 def select_device(requested: str) -> torch.device:
@@ -30,10 +39,27 @@ def configure_torch(threads: int, device: torch.device) -> None:
     CPU kernels depends on it.
     """
     torch.set_num_threads(threads)
+    _keep_freed_memory()
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     _use_deterministic_kernels()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc reuse freed activation buffers instead of giving them back.
+
+    By default it maps each buffer of a few MB afresh and unmaps it when freed, so every
+    training step faults its activations into memory again (1.4 million page faults an
+    epoch here); reusing them makes a CPU epoch about 15 % faster and costs no memory that
+    the next step would not take anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # absent from some C libraries
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the largest value glibc accepts
+        mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _use_deterministic_kernels() -> None:
@@ -47,3 +73,18 @@ def _use_deterministic_kernels() -> None:
         torch.use_deterministic_algorithms(True)
     else:
         set_flag(True)
+    # The mode also fills every new tensor with NaN, a debugging aid for kernels that read
+    # memory they never wrote; none of ours do, and the fills cost 7 % of a CPU epoch.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def load_split(prepared_dir: Path, split: str,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A prepared split as ``images`` and ``labels`` tensors on ``device``.
+
+    On the CPU the tensors share the memory-mapped arrays: nothing is copied until a batch
+    is indexed out of them.
+    """
+    images, labels = read_split(prepared_dir, split)
+    return {"images": torch.from_numpy(images).to(device),
+            "labels": torch.from_numpy(labels).to(device)}

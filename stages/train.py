@@ -21,24 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.artifacts import (
-    torch_load_verified,
-    torch_save_verified,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from stages.artifacts import write_csv_atomic, write_json_atomic
 from stages.errors import StageError, run_stage
 from stages.model import build_model, predict_log_probs, save_model
 from stages.params import Params, TrainParams, load_params
 from stages.paths import CHECKPOINT_FILE, MODEL_FILE, PREPARED_DIR, TRAIN_HISTORY, TRAIN_METRICS
-from stages.prepared import load_split
-from stages.runtime import configure_torch, select_device
+from stages.prepared import split_digest
+from stages.runtime import configure_torch, load_split, select_device
+from stages.torch_io import torch_load_verified, torch_save_verified
 
 SCORE_BATCH_SIZE = 1000  # larger batches score no faster and cost more memory
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -64,7 +59,8 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
     configure_torch(cfg.threads, device)
     train_set = load_split(paths.prepared, "train", device)
     test_set = load_split(paths.prepared, "test", device)
-    fingerprint = run_fingerprint(params, train_set["digest"], test_set["digest"])
+    fingerprint = run_fingerprint(params, split_digest(paths.prepared, "train"),
+                                  split_digest(paths.prepared, "test"))
 
     torch.manual_seed(cfg.seed)  # weight init and dropout draw from the global generator
     model = build_model(params.model.net, device)
@@ -231,7 +227,8 @@ def write_metrics(paths: Paths, history: list[dict[str, float]]) -> None:
     rounded = [{k: (v if k == "epoch" else round(v, 6)) for k, v in row.items()}
                for row in history]
     write_json_atomic(paths.metrics, rounded[-1])
-    write_bytes_atomic(paths.history, pd.DataFrame(rounded).to_csv(index=False).encode())
+    write_csv_atomic(paths.history, HISTORY_COLUMNS, ([row[k] for k in HISTORY_COLUMNS]
+                                                      for row in rounded))
 
 
 if __name__ == "__main__":

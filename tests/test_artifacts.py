@@ -1,20 +1,18 @@
-"""Atomic writes, verified checkpoints and safe loading."""
+"""Atomic writes (stages.artifacts), verified checkpoints and safe loading (stages.torch_io)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from stages.artifacts import (
-    atomic_path,
-    torch_load_safe,
-    torch_load_verified,
-    torch_save_verified,
-    write_bytes_atomic,
-)
+from stages.artifacts import atomic_path, write_bytes_atomic
 from stages.errors import StageError
+from stages.torch_io import torch_load_safe, torch_load_verified, torch_save_verified
+from tests.conftest import REPO_ROOT
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
@@ -77,3 +75,10 @@ def test_safe_loading_refuses_code_and_reports_missing_files(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(StageError, match="file not found"):
         torch_load_safe(tmp_path / "missing.pt")
+
+
+def test_download_and_preprocess_never_import_torch():
+    # importing torch costs seconds; these stages need only numpy
+    code = ("import sys, stages.download, stages.preprocess; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0

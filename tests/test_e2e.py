@@ -110,7 +110,8 @@ def test_exp_run_with_new_lr_reruns_only_train_and_evaluate(pipeline):
     assert diff["accuracy"]["new"] == eval_metrics(repo)["accuracy"]
     assert diff["loss"]["diff"] != 0
     lr = json.loads(repo.dvc("params", "diff", "--json").stdout)["params.yaml"]["train.lr"]
-    assert (lr["old"], lr["new"]) == (0.01, 0.02)
+    default_lr = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]["lr"]
+    assert (lr["old"], lr["new"]) == (default_lr, 0.02)
     back_to_baseline(repo)
 
 

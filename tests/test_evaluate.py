@@ -25,17 +25,32 @@ from stages.train import train
 
 
 def test_per_class_scores_match_hand_computation():
-    predictions = pd.DataFrame({"actual": [0, 0, 0, 1, 1, 2],
-                                "predicted": [0, 0, 1, 1, 2, 2]})
-    scores = per_class_scores(predictions)
+    actual = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    scores = per_class_scores(actual, predicted)
     # digit 0: 2 of 3 found, both predictions right; digit 1: 1 of 2, 1 of 2 predictions right
-    assert scores.loc[0, "precision"] == 1.0 and scores.loc[0, "recall"] == pytest.approx(2 / 3)
-    assert scores.loc[0, "f1"] == pytest.approx(0.8)
-    assert scores.loc[1, "precision"] == 0.5 and scores.loc[1, "recall"] == 0.5
-    assert scores.loc[2, "precision"] == 0.5 and scores.loc[2, "recall"] == 1.0
+    assert scores["precision"][0] == 1.0 and scores["recall"][0] == pytest.approx(2 / 3)
+    assert scores["f1"][0] == pytest.approx(0.8)
+    assert scores["precision"][1] == 0.5 and scores["recall"][1] == 0.5
+    assert scores["precision"][2] == 0.5 and scores["recall"][2] == 1.0
     # digits never seen nor predicted score 0, not NaN
-    assert scores.loc[7].tolist() == [0.0, 0.0, 0.0, 0]
-    assert list(scores.support[:3]) == [3, 2, 1]
+    assert [scores[name][7] for name in ("precision", "recall", "f1", "support")] == [0, 0, 0, 0]
+    assert not np.isnan(scores["f1"]).any()
+    assert list(scores["support"][:3]) == [3, 2, 1]
+
+
+def test_per_class_scores_agree_with_pandas_crosstab():
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.8, actual, rng.integers(0, 9, 500))
+    scores = per_class_scores(actual, predicted)
+    confusion = pd.crosstab(actual, predicted).reindex(index=range(10), columns=range(10),
+                                                       fill_value=0)
+    for digit in range(10):
+        hits = confusion.at[digit, digit]
+        assert scores["precision"][digit] == pytest.approx(hits / confusion[digit].sum())
+        assert scores["recall"][digit] == pytest.approx(hits / confusion.loc[digit].sum())
+        assert scores["support"][digit] == confusion.loc[digit].sum()
 
 
 def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tiny_params):
@@ -64,19 +79,24 @@ def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tin
     assert metrics["accuracy"] == pytest.approx(1 - metrics["errors"] / 256)
     per_class = pd.read_csv(paths.per_class)
     assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
+    assert per_class.digit.tolist() == list(range(10))
     assert per_class.support.sum() == 256
+    for row in per_class.itertuples():
+        assert metrics["per_class"][str(row.digit)] == {
+            "precision": row.precision, "recall": row.recall, "f1": row.f1}
+    assert metrics["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
     assert paths.misclassified.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_misclassified_grid_shows_each_wrong_digit_once():
     images = torch.rand(30, 1, 28, 28)
-    predictions = pd.DataFrame({"actual": [d % 10 for d in range(30)],
-                                "predicted": [d % 10 for d in range(30)]})
+    actual = np.arange(30) % 10
+    predicted = actual.copy()
     wrong = [3, 17, 29]
-    predictions.loc[wrong, "predicted"] = 0
-    predictions.loc[29, "predicted"] = 5
+    predicted[wrong] = 0
+    predicted[29] = 5
 
-    grid = misclassified_grid(images, predictions, mean=0.0, std=1.0)
+    grid = misclassified_grid(images, actual, predicted, mean=0.0, std=1.0)
 
     tile = 28 * GRID_SCALE
     assert grid.size == (GRID_COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
@@ -90,6 +110,6 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
 
 
 def test_misclassified_grid_of_a_perfect_model_is_empty():
-    predictions = pd.DataFrame({"actual": [1, 2], "predicted": [1, 2]})
-    grid = misclassified_grid(torch.zeros(2, 1, 28, 28), predictions, 0.1307, 0.3081)
+    digits = np.array([1, 2])
+    grid = misclassified_grid(torch.zeros(2, 1, 28, 28), digits, digits, 0.1307, 0.3081)
     assert not np.asarray(grid).any()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.errors import StageError
-from stages.model import NETS, build_model, load_model, predict_log_probs, save_model
+from stages.model import FRAME, NETS, build_model, load_model, predict_log_probs, save_model
 
 
 def test_seed_net_is_the_notebook_net():
@@ -21,8 +21,23 @@ def test_seed_net_is_the_notebook_net():
     assert isinstance(model.conv2_drop, torch.nn.Dropout2d)
 
 
-def test_compact_net_has_18k_parameters():
-    assert sum(p.numel() for p in build_model("compact").parameters()) == 18426
+def test_compact_net_has_16k_parameters():
+    assert sum(p.numel() for p in build_model("compact").parameters()) == 16186
+
+
+def test_compact_net_ignores_the_blank_frame_of_mnist():
+    model = build_model("compact").eval()
+    images = torch.randn(4, 1, 28, 28)
+    framed = images.clone()
+    framed[..., :FRAME, :] = 9.0
+    framed[..., -FRAME:, :] = -9.0
+    framed[..., :, :FRAME] = 3.0
+    framed[..., :, -FRAME:] = -3.0
+    inner = images.clone()
+    inner[..., 14, 14] += 1.0
+    with torch.no_grad():
+        assert torch.equal(model(framed), model(images))
+        assert not torch.equal(model(inner), model(images))
 
 
 @pytest.mark.parametrize("net", sorted(NETS))

@@ -165,7 +165,7 @@ def test_bad_params_raise_one_line_naming_the_key(
         assert part in message
 
 
-EXISTING_OUTPUTS = ("data/raw/train-images-idx3-ubyte", "data/prepared/train.pt",
+EXISTING_OUTPUTS = ("data/raw/train-images-idx3-ubyte", "data/prepared/train_images.npy",
                     "data/model/model.pt", "data/checkpoints/last.pt", "metrics/train.json",
                     "metrics/eval.json")
 
@@ -225,7 +225,7 @@ def test_missing_file(tmp_path: Path) -> None:
 # Starting python + torch costs seconds, so both runs start together when this module starts
 # and go on while the in-process tests above run; each test below then waits for its own run.
 
-OLD_TRAIN_PT = b"an earlier train.pt, byte for byte\x00\xff"
+OLD_TRAIN_IMAGES = b"an earlier train_images.npy, byte for byte\x00\xff"
 
 
 def _start_preprocess(cwd: Path) -> subprocess.Popen[str]:
@@ -246,7 +246,7 @@ def bad_params_runs(
         (work / "params.yaml").write_text("preprocess:\n  mean: 0.1307\n  sdt: 0.3081\n")
         if variant == "existing":
             (work / "data" / "prepared").mkdir(parents=True)
-            (work / "data" / "prepared" / "train.pt").write_bytes(OLD_TRAIN_PT)
+            (work / "data" / "prepared" / "train_images.npy").write_bytes(OLD_TRAIN_IMAGES)
         runs[variant] = (work, _start_preprocess(work))
     yield runs
     for _, process in runs.values():
@@ -280,5 +280,5 @@ def test_stage_with_bad_params_leaves_existing_outputs_untouched(
     work, process = bad_params_runs["existing"]
     _assert_one_line_params_error(process)
     prepared = work / "data" / "prepared"
-    assert (prepared / "train.pt").read_bytes() == OLD_TRAIN_PT
-    assert sorted(p.name for p in prepared.iterdir()) == ["train.pt"]
+    assert (prepared / "train_images.npy").read_bytes() == OLD_TRAIN_IMAGES
+    assert sorted(p.name for p in prepared.iterdir()) == ["train_images.npy"]

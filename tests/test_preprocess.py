@@ -21,7 +21,7 @@ from stages.canonical import CanonicalFile
 from stages.errors import StageError
 from stages.idx import encode_idx, read_idx
 from stages.params import Params, PreprocessParams
-from stages.prepared import load_split, write_split
+from stages.prepared import read_split, split_digest, split_files, write_split
 from stages.preprocess import prepare_split
 from tests.conftest import REPO_ROOT, synthetic_digits, write_raw_dir
 
@@ -55,76 +55,94 @@ def test_prepared_tensors_equal_torchvision_transform(raw_dir: Path, split: str,
     from_pil = torch.stack([transform(image) for image in pil_images])
     from_numpy = torch.stack([transform(image) for image in raw_images])
 
-    assert images.dtype == torch.float32
-    assert labels.dtype == torch.int64
+    assert images.dtype == np.float32
+    assert labels.dtype == np.int64
     assert images.shape == (count, 1, 28, 28)
     assert labels.shape == (count,)
-    torch.testing.assert_close(images, from_pil, rtol=0, atol=1e-6)
-    torch.testing.assert_close(images, from_numpy, rtol=0, atol=1e-6)
-    assert torch.equal(labels, torch.from_numpy(raw_labels).long())
+    torch.testing.assert_close(torch.from_numpy(images), from_pil, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(images), from_numpy, rtol=0, atol=1e-6)
+    assert np.array_equal(labels, raw_labels)
     # the data exercise the whole range: black-ish noise and 255 blocks
-    assert images.max().item() == pytest.approx((1 - mean) / std, abs=1e-6)
+    assert images.max() == pytest.approx((1 - mean) / std, abs=1e-6)
 
 
 def test_mean_and_std_change_the_output(raw_dir: Path) -> None:
     default, _ = prepare_split(raw_dir, "test", DEFAULT)
     other, _ = prepare_split(raw_dir, "test", PreprocessParams(mean=0.5, std=0.25))
-    assert not torch.allclose(default, other)
+    assert not np.allclose(default, other)
 
 
 # --- the prepared file: write, load, digest --------------------------------------------------
 
-def test_write_load_round_trip_is_bit_identical_and_digest_tracks_pixels(
+def _file_hashes(prepared: Path, split: str) -> list[str]:
+    return [_sha256(path) for path in split_files(prepared, split)]
+
+
+def test_write_read_round_trip_is_bit_identical_and_digest_tracks_pixels(
     raw_dir: Path, tmp_path: Path
 ) -> None:
     images, labels = prepare_split(raw_dir, "train", DEFAULT)
-    first = write_split(tmp_path / "a", "train", images, labels)
-    first_sha = _sha256(first)
-    loaded = load_split(tmp_path / "a", "train")
+    write_split(tmp_path / "a", "train", images, labels)
+    first_hashes = _file_hashes(tmp_path / "a", "train")
+    loaded = read_split(tmp_path / "a", "train")
 
-    assert first == tmp_path / "a" / "train.pt"
-    assert torch.equal(loaded["images"], images)
-    assert torch.equal(loaded["labels"], labels)
-    assert loaded["images"].dtype == torch.float32
-    assert loaded["labels"].dtype == torch.int64
-    digest = loaded["digest"]
-    assert isinstance(digest, str)
+    assert np.array_equal(loaded.images, images)
+    assert np.array_equal(loaded.labels, labels)
+    assert loaded.images.dtype == np.float32
+    assert loaded.labels.dtype == np.int64
+    digest = split_digest(tmp_path / "a", "train")
     assert len(digest) == 64
     assert set(digest) <= set("0123456789abcdef")
 
     # same input, written again over itself and into another directory: the same bytes
-    again = write_split(tmp_path / "a", "train", images, labels)
-    elsewhere = write_split(tmp_path / "b", "train", images, labels)
-    assert _sha256(again) == first_sha
-    assert _sha256(elsewhere) == first_sha
-    assert load_split(tmp_path / "b", "train")["digest"] == digest
+    write_split(tmp_path / "a", "train", images, labels)
+    write_split(tmp_path / "b", "train", images, labels)
+    assert _file_hashes(tmp_path / "a", "train") == first_hashes
+    assert _file_hashes(tmp_path / "b", "train") == first_hashes
+    assert split_digest(tmp_path / "b", "train") == digest
     # and no temp files were left beside them
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["train.pt"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "train_images.npy", "train_labels.npy"]
 
     # prepared again from the same raw files: still the same bytes
-    images_again, labels_again = prepare_split(raw_dir, "train", DEFAULT)
-    assert _sha256(write_split(tmp_path / "c", "train", images_again, labels_again)) == first_sha
+    write_split(tmp_path / "c", "train", *prepare_split(raw_dir, "train", DEFAULT))
+    assert _file_hashes(tmp_path / "c", "train") == first_hashes
 
-    # one pixel changed in the raw file: a different digest and different bytes
+    # one pixel changed in the raw file: a different digest and different image bytes
     changed_raw = tmp_path / "changed"
     shutil.copytree(raw_dir, changed_raw)
     raw_images = read_idx(changed_raw / "train-images-idx3-ubyte", 3, (28, 28)).copy()
     raw_images[17, 3, 5] ^= 1
     (changed_raw / "train-images-idx3-ubyte").write_bytes(encode_idx(raw_images))
-    changed_images, changed_labels = prepare_split(changed_raw, "train", DEFAULT)
-    changed = write_split(tmp_path / "d", "train", changed_images, changed_labels)
-    assert load_split(tmp_path / "d", "train")["digest"] != digest
-    assert _sha256(changed) != first_sha
+    write_split(tmp_path / "d", "train", *prepare_split(changed_raw, "train", DEFAULT))
+    assert split_digest(tmp_path / "d", "train") != digest
+    assert _file_hashes(tmp_path / "d", "train")[0] != first_hashes[0]
 
 
 def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
     images, labels = prepare_split(raw_dir, "test", DEFAULT)
     write_split(tmp_path / "a", "test", images, labels)
-    swapped = labels.clone()
+    swapped = labels.copy()
     swapped[0] = (swapped[0] + 1) % 10
     write_split(tmp_path / "b", "test", images, swapped)
-    assert load_split(tmp_path / "a", "test")["digest"] != \
-        load_split(tmp_path / "b", "test")["digest"]
+    assert split_digest(tmp_path / "a", "test") != split_digest(tmp_path / "b", "test")
+
+
+def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -> None:
+    from stages.runtime import load_split
+
+    write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
+    loaded = load_split(tmp_path, "test")
+    images = read_split(tmp_path, "test").images
+    assert isinstance(images, np.memmap)
+    assert loaded["images"].dtype == torch.float32
+    assert loaded["labels"].dtype == torch.int64
+    assert np.array_equal(loaded["images"].numpy(), images)
+    # copy-on-write: writing to the tensor never reaches the file
+    before = _file_hashes(tmp_path, "test")
+    loaded["images"][0] = 7.0
+    del loaded
+    assert _file_hashes(tmp_path, "test") == before
 
 
 def expect_raw_files_as_they_are(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,13 +161,14 @@ def test_main_writes_both_splits_from_params_yaml(tmp_path: Path,
     preprocess.main()
     wanted = PreprocessParams(mean=0.5, std=0.25)
     prepared = tmp_path / "data" / "prepared"
-    assert sorted(p.name for p in prepared.iterdir()) == ["test.pt", "train.pt"]
+    assert sorted(p.name for p in prepared.iterdir()) == [
+        "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
     for split, count in (("train", 40), ("test", 24)):
-        loaded = load_split(prepared, split)
+        loaded = read_split(prepared, split)
         images, labels = prepare_split(tmp_path / "data" / "raw", split, wanted)
-        assert len(loaded["labels"]) == count
-        assert torch.equal(loaded["images"], images)
-        assert torch.equal(loaded["labels"], labels)
+        assert len(loaded.labels) == count
+        assert np.array_equal(loaded.images, images)
+        assert np.array_equal(loaded.labels, labels)
 
 
 # --- bad raw files ---------------------------------------------------------------------------
@@ -206,58 +225,76 @@ def test_wrong_image_shape(raw_dir: Path) -> None:
 
 # --- bad prepared files ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload", [
-    {"x": 1},
-    [1, 2, 3],
-    torch.zeros(3),
-    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64)},
-    {"images": torch.zeros(2, 1, 28, 28, dtype=torch.float64),
-     "labels": torch.zeros(2, dtype=torch.int64), "digest": "d"},
-    {"images": torch.zeros(2, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
-     "digest": "d"},
-    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int32),
-     "digest": "d"},
-    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(3, dtype=torch.int64),
-     "digest": "d"},
-    {"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
-     "digest": 5},
-    {"images": 1, "labels": 2, "digest": "d"},
-], ids=["other-dict", "list", "bare-tensor", "no-digest", "float64", "no-channel", "int32-labels",
-        "count-mismatch", "digest-not-str", "not-tensors"])
-def test_load_split_rejects_what_is_not_a_prepared_split(tmp_path: Path, payload: object) -> None:
-    torch.save(payload, tmp_path / "train.pt")
+class Payload:
+    """Runs a shell command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+GOOD_IMAGES = np.zeros((2, 1, 28, 28), dtype=np.float32)
+GOOD_LABELS = np.zeros(2, dtype=np.int64)
+
+
+def _save_split(prepared: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    prepared.mkdir(parents=True, exist_ok=True)
+    images_path, labels_path = split_files(prepared, "train")
+    np.save(images_path, images, allow_pickle=True)
+    np.save(labels_path, labels, allow_pickle=True)
+
+
+@pytest.mark.parametrize(("images", "labels", "culprit", "reason"), [
+    (GOOD_IMAGES.astype(np.float64), GOOD_LABELS, "images", "not prepared images"),
+    (np.zeros((2, 28, 28), np.float32), GOOD_LABELS, "images", "not prepared images"),
+    (np.zeros(3, np.float32), GOOD_LABELS, "images", "not prepared images"),
+    (GOOD_IMAGES, GOOD_LABELS.astype(np.int32), "labels", "not 2 int64 labels"),
+    (GOOD_IMAGES, np.zeros(3, np.int64), "labels", "not 2 int64 labels"),
+    (GOOD_IMAGES, np.zeros((2, 1), np.int64), "labels", "not 2 int64 labels"),
+    (np.array([Payload()], dtype=object), GOOD_LABELS, "images", "unreadable or corrupt"),
+    (GOOD_IMAGES, np.array([1, "x"], dtype=object), "labels", "unreadable or corrupt"),
+], ids=["float64", "no-channel", "1-d", "int32-labels", "count-mismatch", "2-d-labels",
+        "pickled-code", "object-labels"])
+def test_read_split_rejects_what_is_not_a_prepared_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, images: np.ndarray, labels: np.ndarray,
+    culprit: str, reason: str,
+) -> None:
+    _save_split(tmp_path, images, labels)
+    monkeypatch.chdir(tmp_path)  # where the payload would leave its mark
     with pytest.raises(StageError) as info:
-        load_split(tmp_path, "train")
+        read_split(tmp_path, "train")
     message = str(info.value)
-    assert message.startswith(f"{tmp_path / 'train.pt'}: not a prepared split")
+    assert message.startswith(f"{tmp_path / f'train_{culprit}.npy'}: {reason}")
     assert "\n" not in message
+    assert not (tmp_path / "pwned").exists()
 
 
-def test_load_split_accepts_a_minimal_valid_split(tmp_path: Path) -> None:
-    # guards the rejection table above: the same layout with correct types does load
-    torch.save({"images": torch.zeros(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.int64),
-                "digest": "d"}, tmp_path / "train.pt")
-    assert load_split(tmp_path, "train")["digest"] == "d"
+def test_read_split_accepts_a_minimal_valid_split(tmp_path: Path) -> None:
+    # guards the rejection table above: the same files with correct types do load
+    _save_split(tmp_path, GOOD_IMAGES, GOOD_LABELS)
+    assert read_split(tmp_path, "train").labels.shape == (2,)
 
 
-def test_load_split_on_truncated_file(raw_dir: Path, tmp_path: Path) -> None:
-    images, labels = prepare_split(raw_dir, "test", DEFAULT)
-    path = write_split(tmp_path, "test", images, labels)
+@pytest.mark.parametrize("damage", ["truncated", "not-npy", "empty"])
+def test_read_split_on_damaged_file(raw_dir: Path, tmp_path: Path, damage: str) -> None:
+    write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
+    path = split_files(tmp_path, "test")[0]
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
+    path.write_bytes({"truncated": data[: len(data) // 2], "not-npy": b"PK\x03\x04" + data[4:],
+                      "empty": b""}[damage])
     with pytest.raises(StageError) as info:
-        load_split(tmp_path, "test")
+        read_split(tmp_path, "test")
     message = str(info.value)
-    assert str(path) in message
-    assert "corrupt" in message
+    assert message.startswith(f"{path}: unreadable or corrupt")
     assert "\n" not in message
 
 
-def test_load_split_missing_file(tmp_path: Path) -> None:
+def test_read_split_missing_file(raw_dir: Path, tmp_path: Path) -> None:
+    write_split(tmp_path, "train", *prepare_split(raw_dir, "train", DEFAULT))
+    labels_path = split_files(tmp_path, "train")[1]
+    labels_path.unlink()
     with pytest.raises(StageError) as info:
-        load_split(tmp_path, "train")
-    assert str(tmp_path / "train.pt") in str(info.value)
-    assert "file not found" in str(info.value)
+        read_split(tmp_path, "train")
+    assert str(info.value).startswith(f"{labels_path}: file not found")
 
 
 # --- a failed run keeps the old outputs ------------------------------------------------------
@@ -273,7 +310,8 @@ def _prepared_then_broken(work: Path, broken: str) -> dict[str, bytes]:
     for split in ("train", "test"):
         write_split(prepared, split, *prepare_split(raw, split, DEFAULT))
     before = {p.name: p.read_bytes() for p in prepared.iterdir()}
-    assert sorted(before) == ["test.pt", "train.pt"]
+    assert sorted(before) == [
+        "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
     # new raw data, so a rerun that got past the broken file would write different bytes
     write_raw_dir(raw, train_count=64, test_count=40)
     (raw / broken).write_bytes((raw / broken).read_bytes()[:-3])
@@ -306,7 +344,7 @@ def failed_run(
 
 def test_failed_main_keeps_previous_prepared_files(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # the test split is broken: train.pt must not be replaced either (both or neither)
+    # the test split is broken: the train split must not be replaced either (both or neither)
     before = _prepared_then_broken(tmp_path, "t10k-labels-idx1-ubyte")
     expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
     monkeypatch.chdir(tmp_path)

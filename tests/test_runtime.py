@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.errors import StageError
-from stages.runtime import select_device
+from stages.runtime import configure_torch, select_device
 from tests.conftest import with_train
 
 HAS_CUDA = torch.cuda.is_available()
@@ -19,6 +19,13 @@ def test_auto_picks_the_best_available_device():
 
 def test_cpu_is_always_available():
     assert select_device("cpu") == torch.device("cpu")
+
+
+def test_configure_torch_demands_deterministic_kernels_without_nan_fills():
+    configure_torch(2, torch.device("cpu"))
+    assert torch.get_num_threads() == 2
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")

@@ -169,8 +169,8 @@ def test_failed_run_keeps_previous_metrics(tmp_path, prepared_dir, tiny_params):
     train(tiny_params, paths)
     before = paths.metrics.read_bytes(), paths.history.read_bytes()
 
-    (prepared_dir / "test.pt").unlink()
-    with pytest.raises(StageError, match=r"test\.pt: file not found"):
+    (prepared_dir / "test_images.npy").unlink()
+    with pytest.raises(StageError, match=r"test_images\.npy: file not found"):
         train(with_train(tiny_params, lr=0.02), paths)
     assert (paths.metrics.read_bytes(), paths.history.read_bytes()) == before
 
