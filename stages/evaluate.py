@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from stages.artifacts import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from stages.errors import run_stage
-from stages.model import load_model, predict_log_probs
+from stages.model import load_model, score
 from stages.params import load_params
 from stages.paths import CONFUSION, EVAL_METRICS, MISCLASSIFIED, MODEL_FILE, PER_CLASS, PREPARED_DIR
 from stages.runtime import configure_torch, load_split, select_device
@@ -52,8 +51,7 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
     configure_torch(threads, device)
     model, saved = load_model(paths.model, device)
     test = load_split(paths.prepared, "test", device)
-    log_probs = predict_log_probs(model, test["images"], batch_size)
-    loss = F.nll_loss(log_probs, test["labels"], reduction="mean").item()
+    log_probs, loss, _ = score(model, test["images"], test["labels"], batch_size)
     actual, predicted = test["labels"].cpu().numpy(), log_probs.argmax(1).cpu().numpy()
     scores = per_class_scores(actual, predicted)
     errors = int((actual != predicted).sum())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,21 @@ def predict_log_probs(model: nn.Module, images: torch.Tensor, batch_size: int) -
                for start in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, 10, device=images.device)
+
+
+class Score(NamedTuple):
+    log_probs: torch.Tensor
+    loss: float      # mean negative log-likelihood
+    accuracy: float
+
+
+def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+          batch_size: int) -> Score:
+    """How ``model`` does on labelled images; train and evaluate both score with this."""
+    log_probs = predict_log_probs(model, images, batch_size)
+    loss = F.nll_loss(log_probs, labels, reduction="sum").item() / len(labels)
+    accuracy = (log_probs.argmax(1) == labels).float().mean().item()
+    return Score(log_probs, loss, accuracy)
 
 
 def save_model(path: Path, net: str, model: nn.Module, mean: float, std: float) -> None:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from stages.artifacts import write_csv_atomic, write_json_atomic
 from stages.errors import StageError, run_stage
-from stages.model import build_model, predict_log_probs, save_model
+from stages.model import build_model, save_model, score
 from stages.params import Params, TrainParams, load_params
 from stages.paths import CHECKPOINT_FILE, MODEL_FILE, PREPARED_DIR, TRAIN_HISTORY, TRAIN_METRICS
 from stages.prepared import split_digest
@@ -79,7 +79,8 @@ def train(params: Params, paths: Paths) -> list[dict[str, float]]:
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(model, optimizer, scheduler, train_set, cfg,
                                                 shuffle, device, f"epoch {epoch}/{cfg.epochs}")
-        test_loss, test_acc = score(model, test_set, device)
+        _, test_loss, test_acc = score(model, test_set["images"], test_set["labels"],
+                                       SCORE_BATCH_SIZE)
         history.append(history_row(epoch, train_loss, train_acc, test_loss, test_acc))
         torch_save_verified(paths.checkpoint, {
             "fingerprint": fingerprint, "history": history,
@@ -184,14 +185,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return loss.detach(), log_probs.detach()
 
 
-def score(model: nn.Module, data: dict[str, Any], device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on a prepared split."""
-    log_probs = predict_log_probs(model, data["images"], batch_size=SCORE_BATCH_SIZE)
-    targets = data["labels"]
-    loss = F.nll_loss(log_probs, targets, reduction="sum").item() / len(targets)
-    return loss, (log_probs.argmax(1) == targets).float().mean().item()
-
-
 def run_fingerprint(params: Params, *data_digests: str) -> str:
     """Identifies everything a checkpoint's numbers depend on: params, data and code."""
     code = hashlib.sha256()
@@ -216,11 +209,19 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
         if checkpoint["fingerprint"] == fingerprint:
             return checkpoint
         reason, suffix = f"{path}: written under other params, data or code", ".stale"
-    aside = path.with_name(path.name + suffix)
+    aside = set_aside_path(path, suffix)
+    aside.parent.mkdir(parents=True, exist_ok=True)
     path.replace(aside)
     print(f"train: not resuming: {reason}; moved it to {aside}, training from scratch",
           file=sys.stderr)
     return None
+
+
+def set_aside_path(checkpoint: Path, suffix: str) -> Path:
+    """Where an unusable checkpoint goes: beside its directory, not in it, so the DVC
+    output's hash does not depend on what was set aside before."""
+    return checkpoint.parent.with_name(checkpoint.parent.name + ".set-aside") / (
+        checkpoint.name + suffix)
 
 
 def write_metrics(paths: Paths, history: list[dict[str, float]]) -> None:

@@ -15,7 +15,7 @@ from stages.model import load_model
 from stages.params import Params
 from stages.prepared import write_split
 from stages.preprocess import prepare_split
-from stages.train import Paths, train
+from stages.train import Paths, set_aside_path, train
 from tests.conftest import with_train
 
 
@@ -135,8 +135,12 @@ def test_checkpoint_of_other_params_is_set_aside(tmp_path, prepared_dir, tiny_pa
     history = train(with_train(tiny_params, lr=0.02), paths)
     err = capsys.readouterr().err
     assert "not resuming" in err and "other params" in err
-    assert paths.checkpoint.with_name("last.pt.stale").read_bytes() == first_checkpoint
+    aside = paths.checkpoint.parent.with_name("checkpoints.set-aside") / "last.pt.stale"
+    assert aside.read_bytes() == first_checkpoint
+    assert f"moved it to {aside}" in err
     assert len(history) == 1  # trained from scratch, not continued
+    # the DVC output holds the new checkpoint only
+    assert [p.name for p in paths.checkpoint.parent.iterdir()] == ["last.pt"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bit flip", "garbage", "foreign"])
@@ -160,7 +164,8 @@ def test_damaged_checkpoint_is_set_aside_and_training_restarts(tmp_path, prepare
 
     train(tiny_params, paths)
     assert "not resuming" in capsys.readouterr().err
-    assert paths.checkpoint.with_name("last.pt.corrupt").exists()
+    assert set_aside_path(paths.checkpoint, ".corrupt").exists()
+    assert [p.name for p in paths.checkpoint.parent.iterdir()] == ["last.pt"]
     assert file_hashes(paths) == file_hashes(clean)
 
 
