@@ -16,12 +16,13 @@ FRAME = 2  # pixels cropped from each edge by CompactNet
 
 
 class CompactNet(nn.Module):
-    """18k parameters: a crop, two conv-pool-BatchNorm-relu blocks and one linear layer.
+    """16k parameters: a crop, two conv-pool-BatchNorm-relu blocks and one linear layer.
 
     MNIST's digits were scaled into a 20x20 box and centred in the 28x28 image, so its
-    2-pixel frame holds 0.3 % of the ink: cropping it costs no accuracy and 40 % of the
-    arithmetic. Pooling before BatchNorm and relu normalizes a quarter of the data (and max
-    pooling commutes with relu). Convolutions have no bias: the BatchNorm after each has one.
+    2-pixel frame holds 0.3 % of the ink: cropping it saves 40 % of the arithmetic at no
+    measurable cost in accuracy. Pooling before BatchNorm and relu normalizes a quarter of
+    the data (and max pooling commutes with relu). Convolutions have no bias: the BatchNorm
+    after each has one.
     """
 
     def __init__(self) -> None:
