@@ -458,9 +458,10 @@ def _test_accuracy(model: torch.nn.Module, test: dict[str, Any]) -> tuple[float,
 def fine_time_to_accuracy(params: Params, prepared: Path = PREPARED,
                           target: float = TARGET_ACCURACY,
                           every_images: int = FINE_EVAL_IMAGES) -> FineResult:
-    """The train stage's loop, in process, scoring the test set every ``every`` steps (and
-    after each epoch, as the stage does) until ``target`` is reached; the training clock
-    stops while scoring. Same seeds and building blocks as stages.train.train."""
+    """The train stage's loop, in process, scoring the test set every ``every_images``
+    training images (and after each epoch, as the stage does) until ``target`` is reached;
+    the training clock stops while scoring. Same seeds and building blocks as
+    stages.train.train."""
     cfg = params.train
     device = select_device(cfg.device)
     configure_torch(cfg.threads, device)

@@ -67,9 +67,12 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
     write_json_atomic(paths.metrics, metrics)
     write_csv_atomic(paths.confusion, ["actual", "predicted"],
                      zip(actual, predicted, strict=True))
-    write_csv_atomic(paths.per_class, ["digit", *SCORES, "support"], (
-        [digit, *(metrics["per_class"][str(digit)][name] for name in SCORES),
-         int(scores["support"][digit])] for digit in DIGITS))
+    per_class_rows = []
+    for digit in DIGITS:
+        rounded = metrics["per_class"][str(digit)]
+        per_class_rows.append([digit, *(rounded[name] for name in SCORES),
+                               int(scores["support"][digit])])
+    write_csv_atomic(paths.per_class, ["digit", *SCORES, "support"], per_class_rows)
     grid = misclassified_grid(test["images"].cpu(), actual, predicted, saved["mean"], saved["std"])
     write_bytes_atomic(paths.misclassified, png_bytes(grid))
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, {metrics['errors']} errors, "

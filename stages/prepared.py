@@ -2,21 +2,22 @@
 
 Each split is two ``.npy`` files: ``<split>_images.npy`` (float32, N x 1 x 28 x 28,
 normalized) and ``<split>_labels.npy`` (int64, N). NumPy's format is a short text header
-and the raw array: it is read without unpickling anything (``allow_pickle=False``), mapped
-into memory instead of copied, and needs no torch, so preprocess starts in a fraction of a
-second instead of paying torch's 3 s import.
+and the raw array: it is read without unpickling anything (object arrays are refused),
+mapped into memory instead of copied, and needs no torch, so preprocess starts in a
+fraction of a second instead of paying for torch's import (3-4.5 s on a 2-core machine).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from stages.artifacts import atomic_path, file_digest
-from stages.errors import StageError
+from stages.errors import StageError, corrupt_file
 
 IMAGE_SHAPE = (1, 28, 28)
 
@@ -57,20 +58,46 @@ def read_split(prepared_dir: Path, split: str) -> PreparedSplit:
     if labels.dtype != np.int64 or labels.shape != (len(images),):
         raise StageError(f"{labels_path}: not {len(images)} int64 labels matching "
                          f"{images_path.name}; rerun preprocess: dvc repro")
+    if not len(labels):
+        raise StageError(f"{images_path}: no images; rerun preprocess: dvc repro")
+    if labels.min() < 0 or labels.max() > 9:
+        raise StageError(f"{labels_path}: a label outside 0-9; rerun preprocess: dvc repro")
     return PreparedSplit(images, labels)
 
 
 def load_array(path: Path) -> np.ndarray:
+    """Memory-map the ``.npy`` file at ``path`` once its header agrees with its size.
+
+    Copy-on-write ("c"): the array is writable for torch, but the file is never written.
+    """
     if not path.is_file():
         raise StageError(f"{path}: file not found (run the stage that produces it: dvc repro)")
     try:
-        # .npy only (np.load would also open zip archives); object arrays, which would need
-        # unpickling, are refused. "c": copy-on-write, so the array is writable for torch but
-        # the file is never written.
+        check_npy_header(path)
         return np.lib.format.open_memmap(path, mode="c")
-    except (ValueError, OSError, EOFError) as err:  # a bad header, a truncated array, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StageError(f"{path}: unreadable or corrupt ({reason[:160]})") from None
+    except (ValueError, OSError, EOFError, OverflowError) as err:
+        raise corrupt_file(path, err) from None
+
+
+def check_npy_header(path: Path) -> None:
+    """Raise ValueError unless ``path`` is a ``.npy`` file of plain numbers, exactly as long
+    as its header says: a lying header must not reach the memory map."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major not in (1, 2):
+            raise ValueError(f".npy format version {major} is not supported")
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+        data_start = f.tell()
+    if dtype.hasobject:  # would need unpickling
+        raise ValueError("the array holds Python objects")
+    if any(length < 0 for length in shape):
+        raise ValueError(f"negative length in shape {shape}")
+    expected = data_start + math.prod(shape) * dtype.itemsize
+    if expected != path.stat().st_size:
+        raise ValueError(f"shape {shape} needs {expected} bytes, "
+                         f"the file has {path.stat().st_size}")
 
 
 def split_digest(prepared_dir: Path, split: str) -> str:

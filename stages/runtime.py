@@ -33,7 +33,7 @@ def select_device(requested: str) -> torch.device:
 
 
 def configure_torch(threads: int, device: torch.device) -> None:
-    """Fix the thread count and demand deterministic kernels.
+    """Fix the thread count, demand deterministic kernels and tune malloc for training.
 
     Results are bit-identical only for the same thread count: the reduction order of the
     CPU kernels depends on it.
@@ -50,15 +50,15 @@ def _keep_freed_memory() -> None:
     """Let glibc's malloc reuse freed activation buffers instead of giving them back.
 
     By default it maps each buffer of a few MB afresh and unmaps it when freed, so every
-    training step faults its activations into memory again (1.4 million page faults an
-    epoch here); reusing them makes a CPU epoch about 15 % faster and costs no memory that
-    the next step would not take anyway.
+    training step faults its activations into memory again (about 2,000 page faults a step
+    here, 100 with this); reusing them makes a CPU epoch 5-10 % faster and costs no memory
+    that the next step would not take anyway.
     """
     if not sys.platform.startswith("linux"):
         return
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # absent from some C libraries
     if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the largest value glibc accepts
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the largest value 64-bit glibc accepts
         mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from stages.artifacts import atomic_path, write_bytes_atomic
-from stages.errors import StageError
+from stages.errors import StageError, corrupt_file
 
 VERIFIED_HEADER = b"mnist-dvc sha256 "
 
@@ -48,7 +48,7 @@ def torch_load_verified(path: Path | str) -> Any:
         raise StageError(f"{path}: file not found") from None
     if header != VERIFIED_HEADER + hashlib.sha256(data).hexdigest().encode():
         raise StageError(f"{path}: checksum mismatch (truncated, tampered or not ours)")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return _load_weights_only(io.BytesIO(data), path)
 
 
 def torch_load_safe(path: Path | str) -> Any:
@@ -56,8 +56,11 @@ def torch_load_safe(path: Path | str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: file not found (run the stage that produces it: dvc repro)")
+    return _load_weights_only(path, path)
+
+
+def _load_weights_only(source: Path | io.BytesIO, path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StageError(f"{path}: unreadable or corrupt ({reason[:160]})") from None
+        raise corrupt_file(path, err) from None

@@ -1,6 +1,6 @@
-"""Stage 3, train: fit the network chosen in params on the cached tensors.
+"""Stage 3, train: fit the network chosen in params on the prepared arrays.
 
-Batches are slices of a seeded permutation of the in-memory training tensors: no
+Batches are slices of a seeded permutation of the memory-mapped training arrays: no
 DataLoader, no per-item transform. After every epoch the full training state is saved to
 ``data/checkpoints/last.pt`` (a ``persist: true`` out), so a killed run resumes from its
 last complete epoch and ends bit-identical to an uninterrupted one.
@@ -218,10 +218,13 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def set_aside_path(checkpoint: Path, suffix: str) -> Path:
-    """Where an unusable checkpoint goes: beside its directory, not in it, so the DVC
-    output's hash does not depend on what was set aside before."""
-    return checkpoint.parent.with_name(checkpoint.parent.name + ".set-aside") / (
-        checkpoint.name + suffix)
+    """Where an unusable checkpoint goes: ``data/checkpoints.set-aside/last.pt<suffix>``.
+
+    Beside the checkpoint directory, not in it, so the DVC output's hash does not depend on
+    what was set aside before.
+    """
+    directory = checkpoint.parent
+    return directory.parent / f"{directory.name}.set-aside" / f"{checkpoint.name}{suffix}"
 
 
 def write_metrics(paths: Paths, history: list[dict[str, float]]) -> None:

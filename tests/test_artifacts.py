@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,12 @@ import torch
 
 from stages.artifacts import atomic_path, write_bytes_atomic
 from stages.errors import StageError
-from stages.torch_io import torch_load_safe, torch_load_verified, torch_save_verified
+from stages.torch_io import (
+    VERIFIED_HEADER,
+    torch_load_safe,
+    torch_load_verified,
+    torch_save_verified,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -75,6 +81,18 @@ def test_safe_loading_refuses_code_and_reports_missing_files(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(StageError, match="file not found"):
         torch_load_safe(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("body", [b"not a torch file", b"PK\x03\x04" + bytes(60)],
+                         ids=["garbage", "broken-zip"])
+def test_verified_file_with_a_true_checksum_but_no_torch_inside(tmp_path, body):
+    # what a buggy writer (or one that knows the format) could leave: one line, not a traceback
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(VERIFIED_HEADER + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    with pytest.raises(StageError) as info:
+        torch_load_verified(path)
+    assert str(info.value).startswith(f"{path}: unreadable or corrupt")
+    assert "\n" not in str(info.value)
 
 
 def test_download_and_preprocess_never_import_torch():

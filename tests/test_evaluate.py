@@ -42,7 +42,7 @@ def test_per_class_scores_match_hand_computation():
 def test_per_class_scores_agree_with_pandas_crosstab():
     rng = np.random.default_rng(0)
     actual = rng.integers(0, 10, 500)
-    predicted = np.where(rng.random(500) < 0.8, actual, rng.integers(0, 9, 500))
+    predicted = np.where(rng.random(500) < 0.8, actual, rng.integers(0, 10, 500))
     scores = per_class_scores(actual, predicted)
     confusion = pd.crosstab(actual, predicted).reindex(index=range(10), columns=range(10),
                                                        fill_value=0)
@@ -51,6 +51,9 @@ def test_per_class_scores_agree_with_pandas_crosstab():
         assert scores["precision"][digit] == pytest.approx(hits / confusion[digit].sum())
         assert scores["recall"][digit] == pytest.approx(hits / confusion.loc[digit].sum())
         assert scores["support"][digit] == confusion.loc[digit].sum()
+        precision, recall = scores["precision"][digit], scores["recall"][digit]
+        assert scores["f1"][digit] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert (predicted != actual).any() and (predicted == 9).any()
 
 
 def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tiny_params):

@@ -21,7 +21,7 @@ from stages.canonical import CanonicalFile
 from stages.errors import StageError
 from stages.idx import encode_idx, read_idx
 from stages.params import Params, PreprocessParams
-from stages.prepared import read_split, split_digest, split_files, write_split
+from stages.prepared import PreparedSplit, read_split, split_digest, split_files, write_split
 from stages.preprocess import prepare_split
 from tests.conftest import REPO_ROOT, synthetic_digits, write_raw_dir
 
@@ -128,13 +128,18 @@ def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
     assert split_digest(tmp_path / "a", "test") != split_digest(tmp_path / "b", "test")
 
 
-def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -> None:
-    from stages.runtime import load_split
+def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages import runtime
 
     write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
-    loaded = load_split(tmp_path, "test")
-    images = read_split(tmp_path, "test").images
+    mapped: list[PreparedSplit] = []
+    monkeypatch.setattr(runtime, "read_split",
+                        lambda *args: mapped.append(read_split(*args)) or mapped[-1])
+    loaded = runtime.load_split(tmp_path, "test")
+    images = mapped[0].images
     assert isinstance(images, np.memmap)
+    assert loaded["images"].data_ptr() == images.ctypes.data  # no copy
     assert loaded["images"].dtype == torch.float32
     assert loaded["labels"].dtype == torch.int64
     assert np.array_equal(loaded["images"].numpy(), images)
@@ -286,6 +291,53 @@ def test_read_split_on_damaged_file(raw_dir: Path, tmp_path: Path, damage: str) 
     message = str(info.value)
     assert message.startswith(f"{path}: unreadable or corrupt")
     assert "\n" not in message
+
+
+def _write_npy(path: Path, shape: tuple[int, ...], data_bytes: int, descr: str = "<f4") -> None:
+    """A .npy file whose header claims ``shape`` and ``descr``, followed by ``data_bytes``."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(bytes(data_bytes))
+
+
+@pytest.mark.parametrize(("shape", "data_bytes", "reason"), [
+    ((-1, 1, 28, 28), 0, "negative length"),
+    ((2**70, 1, 28, 28), 3136, "needs"),
+    ((2**62, 1, 28, 28), 3136, "needs"),   # the byte count overflows a C long
+    ((2**59, 1, 28, 28), 3136, "needs"),   # ... and wraps to exactly zero
+    ((3, 1, 28, 28), 2 * 3136, "needs"),   # a header promising more than the file holds
+    ((1, 1, 28, 28), 2 * 3136, "needs"),   # trailing bytes
+], ids=["negative", "2**70", "overflow", "wraps-to-zero", "short", "trailing"])
+def test_read_split_on_lying_header(tmp_path: Path, shape: tuple[int, ...], data_bytes: int,
+                                    reason: str) -> None:
+    _save_split(tmp_path, GOOD_IMAGES, GOOD_LABELS)
+    path = split_files(tmp_path, "train")[0]
+    _write_npy(path, shape, data_bytes)
+    with pytest.raises(StageError) as info:
+        read_split(tmp_path, "train")
+    message = str(info.value)
+    assert message.startswith(f"{path}: unreadable or corrupt (")
+    assert reason in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("labels", "reason"), [
+    (np.array([3, 10]), "a label outside 0-9"),
+    (np.array([-1, 3]), "a label outside 0-9"),
+], ids=["ten", "negative"])
+def test_read_split_rejects_labels_that_are_not_digits(tmp_path: Path, labels: np.ndarray,
+                                                       reason: str) -> None:
+    _save_split(tmp_path, GOOD_IMAGES, labels.astype(np.int64))
+    with pytest.raises(StageError) as info:
+        read_split(tmp_path, "train")
+    assert str(info.value).startswith(f"{split_files(tmp_path, 'train')[1]}: {reason}")
+
+
+def test_read_split_rejects_an_empty_split(tmp_path: Path) -> None:
+    _save_split(tmp_path, GOOD_IMAGES[:0], GOOD_LABELS[:0])
+    with pytest.raises(StageError, match="no images"):
+        read_split(tmp_path, "train")
 
 
 def test_read_split_missing_file(raw_dir: Path, tmp_path: Path) -> None:

@@ -21,7 +21,21 @@ def test_cpu_is_always_available():
     assert select_device("cpu") == torch.device("cpu")
 
 
-def test_configure_torch_demands_deterministic_kernels_without_nan_fills():
+@pytest.fixture
+def torch_settings_restored():
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1])
+    torch.utils.deterministic.fill_uninitialized_memory = saved[2]
+
+
+def test_configure_torch_demands_deterministic_kernels_without_nan_fills(
+    torch_settings_restored,
+):
+    torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True
     configure_torch(2, torch.device("cpu"))
     assert torch.get_num_threads() == 2
     assert torch.are_deterministic_algorithms_enabled()

@@ -164,7 +164,9 @@ def test_damaged_checkpoint_is_set_aside_and_training_restarts(tmp_path, prepare
 
     train(tiny_params, paths)
     assert "not resuming" in capsys.readouterr().err
-    assert set_aside_path(paths.checkpoint, ".corrupt").exists()
+    aside = paths.checkpoint.parent.with_name("checkpoints.set-aside") / "last.pt.corrupt"
+    assert aside.exists()
+    assert set_aside_path(paths.checkpoint, ".corrupt") == aside
     assert [p.name for p in paths.checkpoint.parent.iterdir()] == ["last.pt"]
     assert file_hashes(paths) == file_hashes(clean)
 
