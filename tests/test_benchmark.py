@@ -91,7 +91,10 @@ def fabricated_results(*, fast: bool) -> BenchmarkResults:
     stages = [StageTiming("evaluate", "python -m stages.evaluate", [2.0 * limit], [400.0]),
               StageTiming("preprocess", "python -m stages.preprocess", [4.0 * limit], [900.0]),
               StageTiming("dvc repro (no-op)", "dvc repro", [1.2] if fast else [], [],
-                          "" if fast else "not run: `dvc status` says train changed")]
+                          "" if fast else "not run: `dvc status` says train changed"),
+              StageTiming("import torch", 'python -c "import torch"', [1.5, 1.7, 1.6], [600.0]),
+              StageTiming("import torch._dynamo", 'python -c "import torch._dynamo"',
+                          [3.25], [700.0])]
     throughput = Throughput(128, 300_000_000, 469, 140_000_000_000, 4.5, 4.4, 90.0)
     machine = Machine("Test CPU", 2, 2, "2.14.1", 2, "2025-01-01 00:00 UTC", 1.0, 1.5)
     return BenchmarkResults(machine, "python -m benchmarks.train_speed --quick", True, "quick",
@@ -126,4 +129,7 @@ def test_report_has_every_contender_and_marks_the_targets() -> None:
     assert "PASS" not in bad
     assert bad.count("**FAIL**") == 6 and bad.count("**not measured**") == 1
     assert "0 of 7 targets met" in bad
-    assert "| 2.00x | **FAIL** |" in bad
+    assert "| 2.00x | - | **FAIL** |" in bad
+    # start-up floors beside the stage targets they bound
+    assert "| 2.0 s | 1.6 s (`import torch`) | PASS |" in targets
+    assert "in 12.0 s | 3.2 s (`import torch._dynamo`) | PASS |" in targets
