@@ -9,13 +9,16 @@ kernel accounts it (``ru_maxrss``, read by a bare wrapper process that starts it
     ``ToTensor``/``Normalize`` transform, ``DataLoader(batch_size=1000)``, the seed net, SGD;
 (b) ``python -m stages.train`` on the same seed configuration, set through params;
 (c) ``python -m stages.train`` on the default params, plus an in-process run of the same
-    loop that scores the test set every 6,400 training images, to find when 99.0 % is first reached.
+    loop that scores the test set every 6,400 training images, to find when 99.0 % is
+    first reached.
 
 Stage runs happen in temporary directories laid out like the repository (a ``params.yaml``
 and symlinks to the real ``data/``), so the repository's own outputs are never touched. The
 benchmark also times the evaluate and preprocess stages and a no-op ``dvc repro`` (only when
-``dvc status`` says the pipeline is up to date), and compares the compact net's achieved
-FLOP/s with a large matmul's. Progress goes to stderr; the report is one markdown file.
+``dvc status`` says the pipeline is up to date) and the imports they start with, compares
+the compact net's achieved FLOP/s with a large matmul's, and measures each speed technique
+of the stages against its alternative (benchmarks/techniques.py). Progress goes to stderr;
+the report is one markdown file.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.techniques import Technique, measure_techniques, render_techniques
 from stages.model import build_model, predict_log_probs, score
 from stages.params import Params, parse_params
 from stages.runtime import configure_torch, load_split, select_device
@@ -199,6 +203,7 @@ class BenchmarkResults(NamedTuple):
     stages: list[StageTiming]
     eval_estimates: dict[str, float]  # net -> seconds of one stage test-set scoring
     throughput: Throughput
+    techniques: tuple[Technique, ...] = ()
 
 
 class Target(NamedTuple):
@@ -682,11 +687,13 @@ def run_benchmark(runs: int, quick: bool, argv: Sequence[str]) -> BenchmarkResul
                           runs)]
     log("counting FLOPs and timing a matmul")
     throughput = measure_throughput(c, fine, defaults)
+    log("each technique against its alternative")
+    techniques = tuple(measure_techniques(defaults, PREPARED, quick))
     mode = (f"{'quick' if quick else 'full'}: {runs} run(s) of (b), (c) and the other stages; "
             f"(a) and each (b) run {seed_epochs} epoch(s); (c) {defaults.train.epochs} epochs "
             "(its default)")
     return BenchmarkResults(machine_info(load_start), command_line(argv), quick, mode,
-                            [a, b, c], fine, stages, estimates, throughput)
+                            [a, b, c], fine, stages, estimates, throughput, techniques)
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -874,6 +881,7 @@ def render_report(results: BenchmarkResults) -> str:
         "`torch.utils.flop_counter.FlopCounterMode` counts convolutions and matrix products "
         "only: BatchNorm, pooling, relu, the loss and the optimizer step are not in the count.",
         "",
+        *(render_techniques(results.techniques) if results.techniques else []),
         "## Targets",
         "",
         "| target | measured | start-up floor | result |",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from benchmarks.techniques import Technique, compare
 from benchmarks.train_speed import (
     BenchmarkResults,
     ContenderResult,
@@ -133,3 +136,31 @@ def test_report_has_every_contender_and_marks_the_targets() -> None:
     # start-up floors beside the stage targets they bound
     assert "| 2.0 s | 1.6 s (`import torch`) | PASS |" in targets
     assert "in 12.0 s | 3.2 s (`import torch._dynamo`) | PASS |" in targets
+
+
+def test_compare_alternates_and_takes_medians_after_a_warm_up() -> None:
+    calls: list[str] = []
+
+    def timer(name: str, values: list[float]) -> Callable[[], float]:
+        def run() -> float:
+            calls.append(name)
+            return values.pop(0)
+        return run
+
+    technique = compare("x", "y", "ms", timer("used", [99.0, 2.0, 1.0, 3.0]),
+                        timer("without", [99.0, 6.0, 4.0, 5.0]), repeats=3)
+    assert calls == ["used", "without"] * 4  # one warm-up each, then turn by turn
+    assert (technique.used, technique.without) == (2.0, 5.0)
+    assert technique.gain == pytest.approx(2.5)
+
+
+def test_report_lists_each_technique_with_its_gain() -> None:
+    results = fabricated_results(fast=True)._replace(techniques=(
+        Technique("channels-last layout", "contiguous (NCHW)", "ms / step", 20.0, 34.0),
+        Technique("fused thing", "plain thing", "s", 2.0, 1.0),
+    ))
+    report = render_report(results)
+    section = report.split("## Techniques", 1)[1].split("## Targets", 1)[0]
+    assert "| channels-last layout | contiguous (NCHW) | ms / step | 20 | 34 | 1.70x |" in section
+    assert "| fused thing | plain thing | s | 2 | 1 | 0.50x |" in section
+    assert "## Techniques" not in render_report(fabricated_results(fast=True))
