@@ -18,7 +18,10 @@ from stages.prepared import write_split
 from stages.preprocess import prepare_split
 from tests.conftest import REPO_ROOT, write_raw_dir
 
-PARAMS = {"train": {"epochs": 4, "batch_size": 32, "threads": 1, "device": "cpu"}}
+# Enough epochs after the first checkpoint (about 2 s of training here) that the signal
+# lands mid-run even on a loaded machine; with 4 epochs of 32 the run sometimes ended first.
+EPOCHS = 8
+PARAMS = {"train": {"epochs": EPOCHS, "batch_size": 16, "threads": 1, "device": "cpu"}}
 OUTPUTS = ("data/model/model.pt", "data/checkpoints/last.pt", "metrics/train.json",
            "metrics/train_history.csv")
 
@@ -71,5 +74,5 @@ def test_killed_training_resumes_bit_identical(tmp_path, clean_run, sig):
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert "resuming from data/checkpoints/last.pt after epoch" in out
-    assert "epoch 1/4" not in out  # the completed epoch was not trained again
+    assert f"epoch 1/{EPOCHS}" not in out  # the completed epoch was not trained again
     assert hashes(root) == clean_run
