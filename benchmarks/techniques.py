@@ -134,11 +134,11 @@ def measure_techniques(params: Params, prepared: Path, quick: bool) -> list[Tech
     def trainer(memory_format: torch.memory_format = torch.channels_last,
                 **adam: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         model = build_model(params.model.net).to(memory_format=memory_format)
-        optimizer = make_optimizer(model, cfg)
-        if adam:  # the same Adam, another implementation
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr,
-                                         betas=(cfg.momentum, 0.999), **adam)
-        return model, optimizer
+        if not adam:
+            return model, make_optimizer(model, cfg)
+        # the stage's Adam, in another implementation
+        return model, torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                       betas=(cfg.momentum, 0.999), **adam)
 
     def steps_of(*args: Any, **kwargs: Any) -> Callable[[], float]:
         return step_timer(*trainer(*args, **kwargs), data, cfg.batch_size, steps)
@@ -146,7 +146,7 @@ def measure_techniques(params: Params, prepared: Path, quick: bool) -> list[Tech
     stage_steps = steps_of()
     model, optimizer = trainer()
     scoring_model = build_model(params.model.net).eval()
-    ms, s = "ms / step", "s"
+    ms, per_scoring = "ms / step", "s / 10,000 images"
     return [
         compare("channels-last layout", "contiguous (NCHW)", ms, stage_steps,
                 steps_of(torch.contiguous_format), repeats),
@@ -162,15 +162,13 @@ def measure_techniques(params: Params, prepared: Path, quick: bool) -> list[Tech
         compare("Adam, for-loop (torch's CPU default)", "fused Adam", ms, stage_steps,
                 steps_of(fused=True), repeats),
         compare("scoring under inference_mode", "a plain forward pass (autograd on)",
-                f"{s} / 10,000 images", score_timer(scoring_model, test["images"],
-                                                    SCORE_BATCH_SIZE),
+                per_scoring, score_timer(scoring_model, test["images"], SCORE_BATCH_SIZE),
                 score_timer(scoring_model, test["images"], SCORE_BATCH_SIZE, False), repeats),
         compare(f"scoring in batches of {SCORE_BATCH_SIZE:,}", "batches of 100",
-                f"{s} / 10,000 images",
-                score_timer(scoring_model, test["images"], SCORE_BATCH_SIZE),
+                per_scoring, score_timer(scoring_model, test["images"], SCORE_BATCH_SIZE),
                 score_timer(scoring_model, test["images"], 100), repeats),
         compare("memory-mapped training images", "read into memory (np.load)",
-                f"{s} / load", load_timer(prepared, True), load_timer(prepared, False),
+                "s / load", load_timer(prepared, True), load_timer(prepared, False),
                 repeats),
     ]
 

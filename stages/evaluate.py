@@ -51,12 +51,12 @@ def evaluate(batch_size: int, device_name: str, threads: int, paths: Paths) -> d
     configure_torch(threads, device)
     model, saved = load_model(paths.model, device)
     test = load_split(paths.prepared, "test", device)
-    log_probs, loss, _ = score(model, test["images"], test["labels"], batch_size)
+    log_probs, loss, accuracy = score(model, test["images"], test["labels"], batch_size)
     actual, predicted = test["labels"].cpu().numpy(), log_probs.argmax(1).cpu().numpy()
     scores = per_class_scores(actual, predicted)
     errors = int((actual != predicted).sum())
     metrics = {
-        "accuracy": round(1 - errors / len(actual), 6),
+        "accuracy": round(accuracy, 6),
         "loss": round(loss, 6),
         "errors": errors,
         "macro_f1": round(float(scores["f1"].mean()), 6),

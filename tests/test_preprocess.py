@@ -134,8 +134,12 @@ def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path,
 
     write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
     mapped: list[PreparedSplit] = []
-    monkeypatch.setattr(runtime, "read_split",
-                        lambda *args: mapped.append(read_split(*args)) or mapped[-1])
+
+    def read_and_keep(*args: object) -> PreparedSplit:
+        mapped.append(read_split(*args))
+        return mapped[-1]
+
+    monkeypatch.setattr(runtime, "read_split", read_and_keep)
     loaded = runtime.load_split(tmp_path, "test")
     images = mapped[0].images
     assert isinstance(images, np.memmap)
