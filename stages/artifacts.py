@@ -18,19 +18,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.errors import StageError
+from stages.errors import os_error
 
 
 @contextlib.contextmanager
 def atomic_path(destination: Path | str) -> Iterator[Path]:
-    """Yield a temporary path to write; on success rename it over ``destination``."""
+    """Yield a temporary path to write; on success rename it over ``destination``.
+
+    Any OSError while writing (a full disk, a read-only directory) becomes one StageError
+    naming ``destination``, which is left as it was.
+    """
     destination = Path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp",
                                    dir=destination.parent)
     except OSError as err:
-        raise StageError(f"cannot write {destination}: {err.strerror}") from None
+        raise os_error("write", destination, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +43,8 @@ def atomic_path(destination: Path | str) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp made it private (0600)
         os.replace(tmp_path, destination)
+    except OSError as err:
+        raise os_error("write", destination, err) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

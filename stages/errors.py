@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -16,14 +17,29 @@ def corrupt_file(path: object, err: BaseException) -> StageError:
     return StageError(f"{path}: unreadable or corrupt ({reason[:160]})")
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` as a command: one-line errors, exit 1; Ctrl-C exits 130."""
+def os_error(action: str, path: object, err: OSError) -> StageError:
+    """``cannot write metrics/eval.json: No space left on device``."""
+    return StageError(f"cannot {action} {path}: {err.strerror or err}")
+
+
+def run_stage(main: Callable[[], None], description: str | None = None) -> None:
+    """Run a stage's ``main`` as a command: one-line errors, exit 1; Ctrl-C exits 130.
+
+    A stage takes no arguments (params.yaml drives it); ``--help`` prints ``description``.
+    """
+    if description is not None:
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        argparse.ArgumentParser(
+            prog=f"python -m {spec.name}" if spec else None, description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="Parameters come from params.yaml; run the pipeline with `dvc repro`.",
+        ).parse_args()
     try:
         main()
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: outputs already written are complete; rerun to continue",
+        print("interrupted: rerun to continue (train resumes from its last complete epoch)",
               file=sys.stderr)
         sys.exit(130)

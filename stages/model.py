@@ -1,4 +1,4 @@
-"""The networks, chosen by ``model.net``, and the saved-model format shared by the stages."""
+"""The networks, registered by name for ``model.net``; scoring; the saved-model format."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.errors import StageError
-from stages.torch_io import torch_load_safe, torch_save_atomic
+from stages.params import PARAMS_FILE, ParamsError
+from stages.prepared import Normalization
+from stages.torch_io import torch_load_verified, torch_save_verified
 
 FRAME = 2  # pixels cropped from each edge by CompactNet
+MODEL_KIND = "mnist-dvc model"
+CHECKPOINT_KIND = "mnist-dvc training state"
 
 
 class CompactNet(nn.Module):
@@ -63,7 +67,20 @@ class SeedNet(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
-NETS: dict[str, type[nn.Module]] = {"compact": CompactNet, "seed": SeedNet}
+# The network registry: the one list of what ``model.net`` may name. A new network is a class
+# above plus one line here (tests/test_model.py shows it end to end).
+NETS: dict[str, type[nn.Module]] = {
+    "compact": CompactNet,
+    "seed": SeedNet,
+}
+
+
+def check_net(name: str, source: object = PARAMS_FILE) -> None:
+    """A ParamsError unless ``name`` is in the registry (params.py cannot check it: download
+    and preprocess read params without importing torch)."""
+    if name not in NETS:
+        allowed = ", ".join(repr(n) for n in NETS)
+        raise ParamsError(f"{source}: model.net must be one of {allowed}, got {name!r}")
 
 
 def build_model(net: str, device: torch.device | str = "cpu") -> nn.Module:
@@ -71,6 +88,7 @@ def build_model(net: str, device: torch.device | str = "cpu") -> nn.Module:
 
     Channels-last: oneDNN's CPU convolutions and pooling run 1.5-2x faster in that layout.
     """
+    check_net(net)
     return NETS[net]().to(device, memory_format=torch.channels_last)
 
 
@@ -100,21 +118,35 @@ def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return Score(log_probs, loss, accuracy)
 
 
-def save_model(path: Path, net: str, model: nn.Module, mean: float, std: float) -> None:
-    """Save the weights with what is needed to use them: the net's name and the normalization."""
+def save_model(path: Path, net: str, model: nn.Module, normalization: Normalization) -> None:
+    """Save the weights with what is needed to use them: the net's name and the normalization
+    of its inputs, verified as checkpoints are."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch_save_atomic(path, {"net": net, "state_dict": state, "mean": mean, "std": std})
+    torch_save_verified(path, {"kind": MODEL_KIND, "net": net, "state_dict": state,
+                               "mean": normalization.mean, "std": normalization.std})
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Load a model saved by ``save_model`` (safely: tensors and plain values only)."""
-    saved = torch_load_safe(path)
-    if not isinstance(saved, dict) or saved.get("net") not in NETS:
-        raise StageError(f"{path}: not a model saved by the train stage")
-    model = build_model(saved["net"], device)
+class SavedModel(NamedTuple):
+    model: nn.Module
+    net: str
+    normalization: Normalization
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> SavedModel:
+    """Load a model saved by ``save_model``: checksum first, then tensors and plain values only."""
+    saved = torch_load_verified(path)
+    kind = saved.get("kind") if isinstance(saved, dict) else None
+    if kind != MODEL_KIND:
+        what = "a training checkpoint" if kind == CHECKPOINT_KIND else "not a model file"
+        raise StageError(f"{path}: {what}, not a model saved by the train stage "
+                         "(that is data/model/model.pt)")
+    if saved.get("net") not in NETS:
+        raise StageError(f"{path}: net {saved.get('net')!r} is not in this code's registry")
+    model = NETS[saved["net"]]().to(device, memory_format=torch.channels_last)
     try:
         model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as err:
+        normalization = Normalization(float(saved["mean"]), float(saved["std"]))
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise StageError(f"{path}: weights do not fit net '{saved['net']}': "
                          f"{str(err).splitlines()[0]}") from None
-    return model.eval(), saved
+    return SavedModel(model.eval(), saved["net"], normalization)

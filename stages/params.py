@@ -1,8 +1,15 @@
 """The one typed, validated view of ``params.yaml`` that every stage reads.
 
 Each section is a frozen dataclass. ``load_params`` checks the whole file against it before
-any stage does work: an unknown key, a wrong type or an out-of-range value raises
-``ParamsError`` with a single line that names the full key and what is allowed.
+any stage does work: a missing or unknown key, a wrong type or an out-of-range value raises
+``ParamsError`` with a single line that names the full key and what is allowed. Every key
+must be in the file (DVC tracks each one; a hidden default would not show in ``dvc params
+diff``); the dataclass defaults equal the committed params.yaml (a test checks it) and let
+code and tests build a configuration without a file.
+
+``model.net`` names a class of the network registry (``stages.model.NETS``); the stages that
+build a network check the name against it, so that download and preprocess need not import
+torch.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from stages.errors import StageError
 PARAMS_FILE = Path("params.yaml")
 
 Source = Literal["mirrors", "pypi", "local"]
-NetName = Literal["compact", "seed"]
 OptimizerName = Literal["adam", "sgd"]
 ScheduleName = Literal["onecycle", "constant", "step"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -54,7 +60,7 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    net: NetName = "compact"
+    net: str = "compact"
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class TrainParams:
     warmup_fraction: float = _bounded(0.25, gt=0, lt=1)
     step_gamma: float = _bounded(0.7, gt=0, le=1)
     threads: int = _bounded(2, ge=1)
+    nproc: int = _bounded(1, ge=1)
     device: DeviceName = "auto"
     bf16: bool = False
 
@@ -77,6 +84,8 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = _bounded(1000, ge=1)
+    threads: int = _bounded(2, ge=1)
+    device: DeviceName = "auto"
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class Params:
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate ``path``; missing keys take their defaults."""
+    """Read and validate ``path``, which must hold every key of the schema."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -99,15 +108,20 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
         raise ParamsError(f"{path}: not valid YAML{line}") from None
-    return parse_params({} if raw is None else raw, source=str(path))  # only empty means {}
+    if raw is None:
+        raise ParamsError(f"{path}: empty; it must set every parameter (see README.md)")
+    return parse_params(raw, source=str(path), complete=True)
 
 
-def parse_params(raw: Any, source: str = "params") -> Params:
-    """Validate an already-parsed mapping against the schema."""
-    return _build(Params, raw, prefix="", source=source)
+def parse_params(raw: Any, source: str = "params", complete: bool = False) -> Params:
+    """Validate an already-parsed mapping against the schema.
+
+    ``complete``: every key must be given; otherwise missing keys take their defaults.
+    """
+    return _build(Params, raw, prefix="", source=source, complete=complete)
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, source: str, complete: bool) -> Any:
     label = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: {label} must be a mapping, got {_describe(raw)}")
@@ -123,12 +137,14 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             )
     values = {}
     for name, spec in fields.items():
-        if name not in raw:
-            continue
         key = f"{prefix}{name}"
+        if name not in raw:
+            if complete:
+                raise ParamsError(f"{source}: missing key '{key}'")
+            continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], f"{key}.", source)
+            values[name] = _build(hint, raw[name], f"{key}.", source, complete)
         else:
             values[name] = _coerce(raw[name], hint, key, source)
             _check_bounds(values[name], spec.metadata, key, source)

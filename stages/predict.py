@@ -29,8 +29,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from stages.errors import StageError, run_stage
+from stages.layout import Layout
 from stages.model import load_model, predict_log_probs
-from stages.paths import MODEL_FILE
 from stages.prepared import normalize
 
 SIZE = 28  # the MNIST canvas
@@ -43,6 +43,7 @@ INK_FRACTION = 0.3
 # A peak less than this many grey levels above the background is no digit: a blank image.
 MIN_CONTRAST = 16
 BLANK = "no digit found: the image is blank"
+MODEL_FILE = Layout().model
 
 
 class ImageError(StageError):
@@ -81,7 +82,7 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
     The model is loaded first, so a missing model fails before any image is read; the
     readable images then go through it in one batch.
     """
-    model, saved = load_model(model_path)
+    model, _, normalization = load_model(model_path)
     results: list[dict] = []
     images: list[np.ndarray] = []
     for path in paths:
@@ -92,7 +93,7 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
             print(f"error: {err}", file=sys.stderr)
             results.append({"image": str(path), "error": str(err)})
     if images:
-        inputs = to_model_input(np.stack(images), saved["mean"], saved["std"])
+        inputs = to_model_input(np.stack(images), normalization.mean, normalization.std)
         probs = predict_log_probs(model, inputs, batch_size=len(inputs)).exp()
         best, digits = probs.max(dim=1)
         good = (result for result in results if "error" not in result)

@@ -1,8 +1,9 @@
-"""Stage 2, preprocess: parse and validate the IDX files, cache normalized tensors.
+"""Stage 2, preprocess: parse and validate the IDX files, cache normalized arrays.
 
-Writes ``data/prepared/{train,test}_{images,labels}.npy`` (format: stages/prepared.py),
-with images mapped exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)``
-would map them, so training needs no per-item transform. Runs without importing torch.
+Writes ``data/prepared/{train,test}_{images,labels}.npy`` (format: stages/prepared.py), with
+images mapped exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)`` would map
+them, so training needs no per-item transform, and ``normalization.json`` beside them. Runs
+without importing torch.
 """
 
 from __future__ import annotations
@@ -14,30 +15,30 @@ import numpy as np
 from stages.canonical import CANONICAL_FILES, verify_raw_dir
 from stages.errors import StageError, run_stage
 from stages.idx import read_idx
+from stages.layout import Layout
 from stages.params import PreprocessParams, load_params
-from stages.paths import PREPARED_DIR, RAW_DIR
-from stages.prepared import normalize, write_split
+from stages.prepared import SPLITS, Normalization, normalize, write_normalization, write_split
 
-SPLITS = {"train": "train", "test": "t10k"}  # our name -> the IDX file prefix
-EXPECTED_RAW_FILES = CANONICAL_FILES
+IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
-def main() -> None:
-    params = load_params().preprocess
+def main(layout: Layout = Layout()) -> None:
+    params = load_params(layout.params).preprocess
     # A flipped bit in a pixel still parses: only the md5 can tell.
-    verify_raw_dir(RAW_DIR, EXPECTED_RAW_FILES)
+    verify_raw_dir(layout.raw, CANONICAL_FILES)
     # Check every split before writing any: a bad test file must not leave a new train split
     # beside the old test split.
-    prepared = {split: prepare_split(RAW_DIR, split, params) for split in SPLITS}
+    prepared = {split: prepare_split(layout.raw, split, params) for split in SPLITS}
     for split, (images, labels) in prepared.items():
-        write_split(PREPARED_DIR, split, images, labels)
-        print(f"preprocess: wrote the {split} split ({len(labels)} images) to {PREPARED_DIR}")
+        write_split(layout.prepared, split, images, labels)
+        print(f"preprocess: wrote the {split} split ({len(labels)} images) to {layout.prepared}")
+    write_normalization(layout.prepared, Normalization(params.mean, params.std))
 
 
 def prepare_split(raw_dir: Path, split: str,
                   params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one split's IDX files; return (normalized images, labels)."""
-    prefix = SPLITS[split]
+    prefix = IDX_PREFIX[split]
     images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte", 3, (28, 28))
     labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte", 1)
     if len(images) != len(labels):
@@ -49,4 +50,4 @@ def prepare_split(raw_dir: Path, split: str,
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, __doc__)

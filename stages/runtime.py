@@ -5,20 +5,20 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.utils.deterministic
 
 from stages.errors import StageError
-from stages.prepared import read_split
+from stages.prepared import PreparedSplit
 
 # mallopt() options, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
-def select_device(requested: str) -> torch.device:
+def select_device(requested: str, key: str = "train.device") -> torch.device:
     """``auto`` takes cuda, then mps, then cpu; a named device must be available."""
     available = {
         "cuda": torch.cuda.is_available(),
@@ -28,7 +28,7 @@ def select_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device(next(name for name, ok in available.items() if ok))
     if not available[requested]:
-        raise StageError(f"train.device is '{requested}' but no {requested} device is available")
+        raise StageError(f"{key} is '{requested}' but no {requested} device is available")
     return torch.device(requested)
 
 
@@ -66,25 +66,30 @@ def _use_deterministic_kernels() -> None:
     """``torch.use_deterministic_algorithms(True)`` for eager code, minus its start-up cost.
 
     The public call also imports torch._inductor (2.5 s on a laptop CPU) only to configure
-    ``torch.compile``, which this project never uses; the eager switch is this one flag.
+    ``torch.compile``, which this project never uses; the eager switch is one private flag.
+    If that flag is gone or fails in another torch, the public call does the same job.
     """
-    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if set_flag is None:  # a torch without the private hook: pay for the public call
+    try:
+        torch._C._set_deterministic_algorithms(True)
+    except Exception as err:  # any failure of a private hook: fall back to the public API
+        print(f"note: torch._C._set_deterministic_algorithms unavailable ({type(err).__name__}); "
+              "using torch.use_deterministic_algorithms (slower start-up)", file=sys.stderr)
         torch.use_deterministic_algorithms(True)
-    else:
-        set_flag(True)
     # The mode also fills every new tensor with NaN, a debugging aid for kernels that read
     # memory they never wrote; none of ours do, and the fills took 13 % of a profiled CPU step.
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-def load_split(prepared_dir: Path, split: str,
-               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """A prepared split as ``images`` and ``labels`` tensors on ``device``.
+class TensorSplit(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def to_device(split: PreparedSplit, device: torch.device | str = "cpu") -> TensorSplit:
+    """A prepared split as tensors on ``device``.
 
     On the CPU the tensors share the memory-mapped arrays: nothing is copied until a batch
     is indexed out of them.
     """
-    images, labels = read_split(prepared_dir, split)
-    return {"images": torch.from_numpy(images).to(device),
-            "labels": torch.from_numpy(labels).to(device)}
+    return TensorSplit(torch.from_numpy(split.images).to(device),
+                       torch.from_numpy(split.labels).to(device))

@@ -1,0 +1,148 @@
+"""The training loop, in one place: the train stage, the benchmark and every data-parallel
+worker drive this ``Trainer``.
+
+Batches are slices of a seeded permutation of the training arrays: no DataLoader, no
+per-item transform. All randomness comes from generators seeded by ``train.seed``, and
+``state_dict`` captures every one of them, so a run restored from it continues exactly as
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages.distributed import SINGLE, Group
+from stages.model import build_model
+from stages.params import TrainParams
+from stages.runtime import TensorSplit
+
+# ranks other than 0 draw dropout from their own stream, seeded from train.seed by this
+RANK_SEED_STRIDE = 1_000_003
+
+
+class EpochStats(NamedTuple):
+    loss: float      # mean training loss over the epoch's batches, weighted by their size
+    accuracy: float  # share of training images classified right while being trained on
+
+
+StepHook = Callable[[int], None]  # called after each optimizer step with its 0-based index
+
+
+class Trainer:
+    """A network, its optimizer and schedule, and the order the images come in."""
+
+    def __init__(self, cfg: TrainParams, net: str, data: TensorSplit,
+                 device: torch.device, group: Group = SINGLE) -> None:
+        self.cfg, self.data, self.device, self.group = cfg, data, device, group
+        torch.manual_seed(cfg.seed)  # weight init (the same on every rank) and dropout
+        self.model = build_model(net, device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.steps_per_epoch = -(-len(data.labels) // cfg.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
+        if group.rank:
+            torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * group.rank)
+        self.network = group.wrap(self.model)
+
+    def run_epoch(self, label: str = "", on_step: StepHook | None = None) -> EpochStats:
+        """One pass over the training set in shuffled global batches."""
+        images, labels = self.data
+        count = len(labels)
+        order = torch.randperm(count, generator=self.shuffle).to(self.device)
+        # Sums stay on the device: reading them every step would stall an accelerator.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.network.train()
+        batches = tqdm(range(0, count, self.cfg.batch_size), desc=label, unit="batch",
+                       leave=False, file=sys.stdout,
+                       disable=None if self.group.is_main else True)
+        for step, start in enumerate(batches):
+            batch = order[start:start + self.cfg.batch_size]
+            mine = self.group.share(batch)
+            loss, log_probs = self.step(images[mine], labels[mine], len(batch))
+            loss_sum += loss * (len(batch) / self.group.world)
+            correct += (log_probs.argmax(1) == labels[mine]).sum()
+            if on_step is not None:
+                on_step(step)
+            if step % 50 == 0 and not batches.disable:
+                batches.set_postfix(loss=f"{loss.item():.4f}")
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.StepLR):
+            self.scheduler.step()
+        self.group.sum_(loss_sum)
+        self.group.sum_(correct)
+        return EpochStats(loss_sum.item() / count, correct.item() / count)
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor,
+             global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this rank's share of a global batch.
+
+        Returns (loss, log-probabilities), left on the device. The loss is this share's mean
+        weighted so that DDP's average over ranks is the mean over the global batch, even
+        when the shares differ in size; in a single process the weight is exactly 1.
+        """
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            log_probs = self.network(inputs)
+        loss = F.nll_loss(log_probs.float(), targets)
+        weight = len(targets) * self.group.world / global_batch
+        if weight != 1:
+            loss = loss * weight
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            self.scheduler.step()
+        return loss.detach(), log_probs.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next epoch depends on; call it on every rank (it gathers each
+        rank's generators)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng_shuffle": self.shuffle.get_state(),
+            "rng_global": self.group.gather(torch.get_rng_state()),
+            # dropout on a GPU draws from the device's own generator
+            "rng_cuda": self.group.gather(torch.cuda.get_rng_state(self.device))
+            if cuda else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a ``state_dict`` written by a run of the same world size."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["rng_shuffle"])
+        torch.set_rng_state(state["rng_global"][self.group.rank])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"][self.group.rank], self.device)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    # train.momentum is Adam's first-moment decay (beta1): the same role, the same name.
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                            weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``onecycle`` steps per batch; ``step`` multiplies lr by ``step_gamma`` each epoch."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=cfg.warmup_fraction, cycle_momentum=False)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.step_gamma)
+    return None
