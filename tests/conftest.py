@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from stages.idx import encode_idx
+from stages.layout import Layout
 from stages.params import Params, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +47,44 @@ def raw_dir(tmp_path: Path) -> Path:
     return write_raw_dir(tmp_path / "raw")
 
 
+def params_as_dict(params: Params) -> dict[str, Any]:
+    """``params`` as params.yaml holds it (lists, not tuples)."""
+    return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+def write_params(path: Path, params: Params) -> None:
+    path.write_text(yaml.safe_dump(params_as_dict(params), sort_keys=False))
+
+
+TINY = {"train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu"},
+        "evaluate": {"batch_size": 100, "threads": 1, "device": "cpu"}}
+
+
 @pytest.fixture
 def tiny_params() -> Params:
     """Defaults shrunk for speed: small batches, one epoch, one thread."""
-    return parse_params({
-        "train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu"},
-        "evaluate": {"batch_size": 100},
-    })
+    return parse_params(TINY)
+
+
+def make_project(root: Path, params: Params, train_count: int = 512,
+                 test_count: int = 256) -> Layout:
+    """A directory laid out like the repository: params.yaml and synthetic prepared data."""
+    from stages.prepared import SPLITS, Normalization, write_normalization, write_split
+    from stages.preprocess import prepare_split
+
+    layout = Layout(root)
+    write_raw_dir(layout.raw, train_count, test_count)
+    write_params(layout.params, params)
+    for split in SPLITS:
+        write_split(layout.prepared, split, *prepare_split(layout.raw, split, params.preprocess))
+    write_normalization(layout.prepared, Normalization(params.preprocess.mean,
+                                                       params.preprocess.std))
+    return layout
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_params: Params) -> Layout:
+    return make_project(tmp_path / "project", tiny_params)
 
 
 TINY_BUDGET = {"epochs": 1}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,9 +43,18 @@ class DvcRepo:
         repo.commit("copy of the project")
         return repo
 
-    def run(self, *args: str, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run(args, cwd=self.root, env=self.env, capture_output=True,
+    @classmethod
+    def clone_of(cls, source: str, root: Path) -> DvcRepo:
+        """``git clone source root``: what another machine would have."""
+        subprocess.run(["git", "clone", "-q", source, str(root)], check=True)
+        return cls(root)
+
+    def clone(self, root: Path) -> DvcRepo:
+        return self.clone_of(str(self.root), root)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, cwd=cwd or self.root, env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
@@ -64,9 +72,16 @@ class DvcRepo:
         self.git("commit", "-q", "--allow-empty", "-m", message)
 
     def set_params(self, **sections: dict) -> None:
-        """Change keys of params.yaml, e.g. ``set_params(train={"epochs": 1})``."""
+        """Change keys of params.yaml, e.g. ``set_params(train={"epochs": 1})``, one line
+        each, as ``dvc exp run -S`` would."""
         path = self.root / "params.yaml"
-        params = yaml.safe_load(path.read_text())
-        for section, values in sections.items():
-            params[section].update(values)
-        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        lines = path.read_text().splitlines(keepends=True)
+        section = None
+        for index, line in enumerate(lines):
+            if line[:1].isalpha():
+                section = line.split(":")[0]
+            key = line.strip().split(":")[0]
+            if line.startswith("  ") and key in sections.get(section, {}):
+                value = json.dumps(sections[section][key])
+                lines[index] = f"  {key}: {value}\n"
+        path.write_text("".join(lines))

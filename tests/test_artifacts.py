@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -12,12 +13,7 @@ import torch
 
 from stages.artifacts import atomic_path, write_bytes_atomic
 from stages.errors import StageError
-from stages.torch_io import (
-    VERIFIED_HEADER,
-    torch_load_safe,
-    torch_load_verified,
-    torch_save_verified,
-)
+from stages.torch_io import VERIFIED_HEADER, torch_load_verified, torch_save_verified
 from tests.conftest import REPO_ROOT
 
 
@@ -75,12 +71,27 @@ def test_safe_loading_refuses_code_and_reports_missing_files(tmp_path):
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
-    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    torch_save_verified(tmp_path / "evil.pt", {"x": Payload()})  # a true checksum
     with pytest.raises(StageError, match="unreadable or corrupt"):
-        torch_load_safe(tmp_path / "evil.pt")
+        torch_load_verified(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(StageError, match="file not found"):
-        torch_load_safe(tmp_path / "missing.pt")
+        torch_load_verified(tmp_path / "missing.pt")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "eval.json"
+    target.write_text("old")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # where a full disk shows up last
+    with pytest.raises(StageError) as info:
+        write_bytes_atomic(target, b"new")
+    assert str(info.value) == f"cannot write {target}: No space left on device"
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["eval.json"]
 
 
 @pytest.mark.parametrize("body", [b"not a torch file", b"PK\x03\x04" + bytes(60)],

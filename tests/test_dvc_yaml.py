@@ -3,33 +3,18 @@ declares params keys that exist."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
+from stages.layout import Layout
 from stages.params import Params
+from stages.sources import imported_modules
 from tests.conftest import REPO_ROOT
 
 PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def imported_stage_modules(module: str) -> set[str]:
-    """``module`` and every ``stages.*`` module it imports, transitively."""
-    seen: set[str] = set()
-    pending = [module]
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((REPO_ROOT / "stages" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-                pending.append(node.module.removeprefix("stages."))
-    return seen
 
 
 def test_stages_run_in_pipeline_order():
@@ -39,13 +24,13 @@ def test_stages_run_in_pipeline_order():
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_stage_runs_its_own_module_and_imports_no_other_stage(stage):
     assert PIPELINE[stage]["cmd"] == f"python -m stages.{stage}"
-    assert imported_stage_modules(stage) & set(PIPELINE) == {stage}
+    assert imported_modules(stage) & set(PIPELINE) == {stage}
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_code_deps_are_exactly_the_imported_modules(stage):
     declared = {d for d in PIPELINE[stage]["deps"] if d.startswith("stages/")}
-    expected = {f"stages/{m}.py" for m in imported_stage_modules(stage)} - {"stages/__init__.py"}
+    expected = {f"stages/{m}.py" for m in imported_modules(stage)} - {"stages/__init__.py"}
     assert declared == expected
 
 
@@ -58,23 +43,51 @@ def test_declared_params_exist_in_the_schema(stage):
         assert not name or name in defaults[section], key
 
 
+def declared_files(spec: dict, kind: str) -> set[str]:
+    return {next(iter(entry)) if isinstance(entry, dict) else entry
+            for entry in spec.get(kind, [])}
+
+
 def test_data_flows_through_declared_outs_and_deps():
-    outs = {stage: {next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])}
-            for stage, spec in PIPELINE.items()}
-    assert "data/raw" in outs["download"] and "data/raw" in PIPELINE["preprocess"]["deps"]
-    assert "data/prepared" in outs["preprocess"]
-    assert {"data/prepared"} <= set(PIPELINE["train"]["deps"])
-    assert {"data/model", "data/checkpoints"} <= outs["train"]
+    outs = {stage: declared_files(spec, "outs") for stage, spec in PIPELINE.items()}
+    assert outs == {"download": {"data/raw"}, "preprocess": {"data/prepared"},
+                    "train": {"data/model"}, "evaluate": set()}
+    assert "data/raw" in PIPELINE["preprocess"]["deps"]
+    assert "data/prepared" in PIPELINE["train"]["deps"]
     assert {"data/prepared", "data/model"} <= set(PIPELINE["evaluate"]["deps"])
 
 
-def test_paths_module_matches_dvc_yaml():
-    from stages import paths
+def test_every_stage_is_run_cacheable():
+    """DVC never run-caches a stage with a persist output, or with a cache: false output
+    that is neither a metric nor a plot (dvc/stage/cache.py, dvc/stage/__init__.py)."""
+    for spec in PIPELINE.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in spec.get(kind, []):
+                options = next(iter(entry.values())) if isinstance(entry, dict) else {}
+                assert not (options or {}).get("persist"), entry
+                if kind == "outs":
+                    assert (options or {}).get("cache", True), entry
 
+
+def test_the_layout_matches_dvc_yaml():
+    layout = Layout(Path())
     declared = set()
     for spec in PIPELINE.values():
-        for entry in spec.get("outs", []) + spec.get("metrics", []):
-            declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-    for value in vars(paths).values():
-        if isinstance(value, Path):
-            assert any(str(value) == d or str(value).startswith(d + "/") for d in declared), value
+        for kind in ("outs", "metrics", "plots"):
+            declared |= declared_files(spec, kind)
+    written = {layout.raw, layout.prepared, layout.model_dir, layout.train_metrics,
+               layout.train_history, layout.eval_metrics, layout.predictions, layout.per_class,
+               layout.misclassified}
+    assert {str(path) for path in written} == declared
+    for path in (layout.model, layout.checkpoint):
+        assert path.parent == layout.model_dir
+    # the unfinished-run state is no output, and both git and DVC ignore it
+    assert not any(str(layout.resume).startswith(d) for d in declared)
+    assert f"/{layout.resume}/" in (REPO_ROOT / ".dvcignore").read_text().split()
+    assert "/data/" in (REPO_ROOT / ".gitignore").read_text().split()
+
+
+def test_the_model_artifact_points_at_the_model():
+    artifacts = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
+    assert artifacts["mnist-cnn"]["path"] == str(Layout(Path()).model)
+    assert artifacts["mnist-cnn"]["type"] == "model"

@@ -9,18 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.errors import StageError
 from stages.evaluate import (
     CAPTION_HEIGHT,
     GRID_COLUMNS,
     GRID_SCALE,
-    Paths,
     evaluate,
     misclassified_grid,
     per_class_scores,
 )
-from stages.prepared import write_split
-from stages.preprocess import prepare_split
-from stages.train import Paths as TrainPaths
+from stages.prepared import Normalization
 from stages.train import train
 
 
@@ -56,39 +54,43 @@ def test_per_class_scores_agree_with_pandas_crosstab():
     assert (predicted != actual).any() and (predicted == 9).any()
 
 
-def test_evaluate_writes_consistent_metrics_and_plot_data(tmp_path, raw_dir, tiny_params):
-    prepared = tmp_path / "prepared"
-    for split in ("train", "test"):
-        write_split(prepared, split, *prepare_split(raw_dir, split, tiny_params.preprocess))
-    train_paths = TrainPaths(prepared=prepared, model=tmp_path / "model.pt",
-                             checkpoint=tmp_path / "ckpt" / "last.pt",
-                             metrics=tmp_path / "train.json", history=tmp_path / "h.csv")
-    history = train(tiny_params, train_paths)
+def test_evaluate_writes_consistent_metrics_and_plot_data(project, tiny_params):
+    history = train(tiny_params, project)
+    metrics = evaluate(tiny_params.evaluate, project)
 
-    paths = Paths(prepared=prepared, model=train_paths.model, metrics=tmp_path / "eval.json",
-                  confusion=tmp_path / "confusion.csv", per_class=tmp_path / "per_class.csv",
-                  misclassified=tmp_path / "misclassified.png")
-    metrics = evaluate(100, "cpu", 1, paths)
-
-    assert json.loads(paths.metrics.read_text()) == metrics
-    assert set(metrics) == {"accuracy", "loss", "errors", "macro_f1", "per_class"}
-    assert sorted(metrics["per_class"], key=int) == [str(d) for d in range(10)]
+    assert json.loads(project.eval_metrics.read_text()) == metrics
+    assert list(metrics) == ["accuracy", "errors", "loss", "macro_f1", "worst_digit_f1"]
     # the same model on the same data: evaluate agrees with train's last epoch
     assert metrics["accuracy"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)
     assert metrics["loss"] == round(history[-1]["test_loss"], 6)  # both use stages.model.score
-    confusion = pd.read_csv(paths.confusion)
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 256
-    assert metrics["errors"] == int((confusion.actual != confusion.predicted).sum())
+    predictions = pd.read_csv(project.predictions)
+    assert list(predictions.columns) == ["image", "actual", "predicted", "probability"]
+    assert predictions.image.tolist() == list(range(256))
+    test_labels = np.load(project.prepared / "test_labels.npy")
+    assert np.array_equal(predictions.actual, test_labels)
+    assert metrics["errors"] == int((predictions.actual != predictions.predicted).sum())
     assert metrics["accuracy"] == pytest.approx(1 - metrics["errors"] / 256)
-    per_class = pd.read_csv(paths.per_class)
+    assert predictions.probability.between(0.1, 1.0).all()  # the top of 10 probabilities
+    per_class = pd.read_csv(project.per_class)
     assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
     assert per_class.digit.tolist() == list(range(10))
-    assert per_class.support.sum() == 256
-    for row in per_class.itertuples():
-        assert metrics["per_class"][str(row.digit)] == {
-            "precision": row.precision, "recall": row.recall, "f1": row.f1}
+    assert per_class.support.tolist() == np.bincount(test_labels, minlength=10).tolist()
     assert metrics["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
-    assert paths.misclassified.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert metrics["worst_digit_f1"] == per_class.f1.min()
+    assert project.misclassified.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_damaged_model_is_refused_and_the_metrics_are_untouched(project, tiny_params):
+    train(tiny_params, project)
+    evaluate(tiny_params.evaluate, project)
+    before = {p: p.read_bytes() for p in project.metrics.iterdir()}
+    data = bytearray(project.model.read_bytes())
+    data[-4096 - 100:-100] = bytes(4096)  # a zeroed 4 KiB block
+    project.model.write_bytes(bytes(data))
+
+    with pytest.raises(StageError, match=r"model\.pt: checksum mismatch"):
+        evaluate(tiny_params.evaluate, project)
+    assert {p: p.read_bytes() for p in project.metrics.iterdir()} == before
 
 
 def test_misclassified_grid_shows_each_wrong_digit_once():
@@ -99,7 +101,7 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
     predicted[wrong] = 0
     predicted[29] = 5
 
-    grid = misclassified_grid(images, actual, predicted, mean=0.0, std=1.0)
+    grid = misclassified_grid(images, actual, predicted, Normalization(0.0, 1.0))
 
     tile = 28 * GRID_SCALE
     assert grid.size == (GRID_COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
@@ -114,5 +116,6 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
 
 def test_misclassified_grid_of_a_perfect_model_is_empty():
     digits = np.array([1, 2])
-    grid = misclassified_grid(torch.zeros(2, 1, 28, 28), digits, digits, 0.1307, 0.3081)
+    grid = misclassified_grid(torch.zeros(2, 1, 28, 28), digits, digits,
+                              Normalization(0.1307, 0.3081))
     assert not np.asarray(grid).any()

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from stages.errors import StageError
-from stages.model import FRAME, NETS, build_model, load_model, predict_log_probs, save_model
+from stages.evaluate import evaluate
+from stages.model import (
+    CHECKPOINT_KIND,
+    FRAME,
+    NETS,
+    build_model,
+    check_net,
+    load_model,
+    predict_log_probs,
+    save_model,
+)
+from stages.params import ModelParams, ParamsError
+from stages.prepared import Normalization
+from stages.torch_io import torch_save_verified
+from stages.train import train
+from tests.conftest import write_params
 
 
 def test_seed_net_is_the_notebook_net():
@@ -52,31 +68,74 @@ def test_nets_output_log_probabilities(net):
 @pytest.mark.parametrize("net", sorted(NETS))
 def test_saved_model_round_trips(tmp_path, net):
     model = build_model(net).eval()
-    save_model(tmp_path / "model.pt", net, model, 0.5, 0.25)
-    loaded, saved = load_model(tmp_path / "model.pt")
+    save_model(tmp_path / "model.pt", net, model, Normalization(0.5, 0.25))
+    loaded = load_model(tmp_path / "model.pt")
     images = torch.randn(5, 1, 28, 28)
-    assert torch.equal(predict_log_probs(loaded, images, 5), predict_log_probs(model, images, 5))
-    assert (saved["mean"], saved["std"]) == (0.5, 0.25)
-    assert not loaded.training
+    assert torch.equal(predict_log_probs(loaded.model, images, 5),
+                       predict_log_probs(model, images, 5))
+    assert (loaded.net, loaded.normalization) == (net, (0.5, 0.25))
+    assert not loaded.model.training
 
 
 def test_load_model_refuses_foreign_and_mismatched_files(tmp_path):
-    torch.save({"net": "resnet", "state_dict": {}}, tmp_path / "foreign.pt")
-    with pytest.raises(StageError, match="not a model saved by the train stage"):
-        load_model(tmp_path / "foreign.pt")
-    save_model(tmp_path / "seed.pt", "seed", build_model("seed"), 0.1, 0.3)
-    saved = torch.load(tmp_path / "seed.pt", weights_only=True)
+    torch_save_verified(tmp_path / "checkpoint.pt", {"kind": CHECKPOINT_KIND})
+    with pytest.raises(StageError, match=r"checkpoint\.pt: a training checkpoint, not a model"):
+        load_model(tmp_path / "checkpoint.pt")
+    torch.save({"net": "compact", "state_dict": {}}, tmp_path / "plain.pt")
+    with pytest.raises(StageError, match=r"plain\.pt: not a file written by this project"):
+        load_model(tmp_path / "plain.pt")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(StageError, match=r"notes\.txt: not a file written by this project"):
+        load_model(tmp_path / "notes.txt")
+    with pytest.raises(StageError, match=r": is a directory, not a file"):
+        load_model(tmp_path)
+    save_model(tmp_path / "seed.pt", "seed", build_model("seed"), Normalization(0.1, 0.3))
+    from stages.torch_io import torch_load_verified
+
+    saved = torch_load_verified(tmp_path / "seed.pt")
     saved["net"] = "compact"
-    torch.save(saved, tmp_path / "swapped.pt")
+    torch_save_verified(tmp_path / "swapped.pt", saved)
     with pytest.raises(StageError, match="do not fit net 'compact'"):
         load_model(tmp_path / "swapped.pt")
 
 
-def test_load_model_refuses_pickled_code(tmp_path):
+def test_load_model_refuses_pickled_code_even_behind_a_true_checksum(tmp_path):
     class Payload:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"net": "compact", "payload": Payload()}, tmp_path / "evil.pt")
+    torch_save_verified(tmp_path / "evil.pt", {"kind": "x", "payload": Payload()})
     with pytest.raises(StageError, match=r"evil\.pt: unreadable or corrupt"):
         load_model(tmp_path / "evil.pt")
+
+
+def test_an_unknown_net_name_is_a_params_error_naming_the_registry():
+    with pytest.raises(ParamsError, match=r"params\.yaml: model\.net must be one of "
+                                          r"'compact', 'seed', got 'resnet'"):
+        check_net("resnet")
+
+
+class TinyNet(nn.Module):
+    """A network a user adds: one class..."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.linear(x.flatten(1)), dim=1)
+
+
+def test_a_new_net_is_one_class_and_one_registry_line(project, tiny_params, monkeypatch):
+    monkeypatch.setitem(NETS, "tiny", TinyNet)  # ...plus its line in the registry
+    params = type(tiny_params)(train=tiny_params.train, evaluate=tiny_params.evaluate,
+                               model=ModelParams(net="tiny"))
+    write_params(project.params, params)
+
+    history = train(params, project)
+    metrics = evaluate(params.evaluate, project)
+
+    assert history[-1]["test_acc"] > 0.5  # it learned the synthetic digits
+    saved = load_model(project.model)
+    assert saved.net == "tiny" and isinstance(saved.model, TinyNet)
+    assert metrics["accuracy"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)

@@ -14,12 +14,26 @@ import pytest
 import yaml
 
 from stages.errors import StageError
+from stages.layout import Layout
 from stages.params import Params, ParamsError, load_params, parse_params
-from tests.conftest import REPO_ROOT, write_raw_dir
+from tests.conftest import REPO_ROOT, params_as_dict, write_raw_dir
 
 
 def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.yaml") -> Path:
+    """A params file of the defaults with ``content`` merged in (where both are mappings)."""
     path = tmp_path / name
+    try:
+        raw = yaml.safe_load(content) if isinstance(content, str) else content
+    except yaml.YAMLError:
+        raw = None
+    if isinstance(raw, dict) and raw:
+        merged: dict[str, Any] = params_as_dict(Params())
+        for section, values in raw.items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(values)
+            else:
+                merged[section] = values
+        content = yaml.safe_dump(merged)
     path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
     return path
 
@@ -37,20 +51,30 @@ def test_committed_params_yaml_equals_schema_defaults() -> None:
     }
 
 
-def test_missing_keys_take_defaults(tmp_path: Path) -> None:
-    params = load_params(_write(tmp_path, "train:\n  lr: 0.05\n"))
-    defaults = Params()
-    assert params.train.lr == 0.05
-    assert params.train == dataclasses.replace(defaults.train, lr=0.05)
-    assert params.download == defaults.download
-    assert params.preprocess == defaults.preprocess
-    assert params.model == defaults.model
-    assert params.evaluate == defaults.evaluate
+def test_parse_params_fills_missing_keys_with_defaults() -> None:
+    params = parse_params({"train": {"lr": 0.05}})
+    assert params == dataclasses.replace(Params(), train=dataclasses.replace(Params().train,
+                                                                              lr=0.05))
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n", "train: {}\n"])
-def test_empty_file_or_section_is_all_defaults(tmp_path: Path, text: str) -> None:
-    assert load_params(_write(tmp_path, text)) == Params()
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "empty; it must set every parameter"),
+    ("# only a comment\n", "empty; it must set every parameter"),
+    ("{}\n", "missing key 'download'"),
+])
+def test_a_params_file_must_set_every_key(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=expected):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_missing_key_is_named(tmp_path: Path) -> None:
+    full = params_as_dict(Params())
+    del full["train"]["nproc"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
+    with pytest.raises(ParamsError) as info:
+        load_params(tmp_path / "params.yaml")
+    assert str(info.value) == f"{tmp_path / 'params.yaml'}: missing key 'train.nproc'"
 
 
 def test_int_for_float_param_is_accepted_as_float(tmp_path: Path) -> None:
@@ -89,8 +113,6 @@ BAD_PARAMS: list[tuple[str, str | dict[str, Any], tuple[str, ...]]] = [
     ("epochs-zero", {"train": {"epochs": 0}}, ("train.epochs must be >= 1",)),
     ("momentum-one", {"train": {"momentum": 1.0}}, ("train.momentum must be < 1", "got 1.0")),
     ("momentum-negative", {"train": {"momentum": -0.1}}, ("train.momentum must be >= 0",)),
-    ("unknown-net", {"model": {"net": "resnet"}},
-     ("model.net must be one of 'compact', 'seed'", "got 'resnet'")),
     ("unknown-optimizer", {"train": {"optimizer": "rmsprop"}},
      ("train.optimizer must be one of 'adam', 'sgd'", "'rmsprop'")),
     ("unknown-schedule", {"train": {"schedule": "cosine"}},
@@ -146,6 +168,10 @@ BAD_PARAMS: list[tuple[str, str | dict[str, Any], tuple[str, ...]]] = [
     ("weight-decay-negative", {"train": {"weight_decay": -0.01}},
      ("train.weight_decay must be >= 0",)),
     ("seed-negative", {"train": {"seed": -1}}, ("train.seed must be >= 0",)),
+    ("nproc-zero", {"train": {"nproc": 0}}, ("train.nproc must be >= 1", "got 0")),
+    ("evaluate-threads-zero", {"evaluate": {"threads": 0}}, ("evaluate.threads must be >= 1",)),
+    ("evaluate-device-unknown", {"evaluate": {"device": "gpu"}},
+     ("evaluate.device must be one of 'auto', 'cpu', 'cuda', 'mps'", "'gpu'")),
 ]
 
 
@@ -166,15 +192,18 @@ def test_bad_params_raise_one_line_naming_the_key(
 
 
 EXISTING_OUTPUTS = ("data/raw/train-images-idx3-ubyte", "data/prepared/train_images.npy",
-                    "data/model/model.pt", "data/checkpoints/last.pt", "metrics/train.json",
-                    "metrics/eval.json")
+                    "data/model/model.pt", "data/resume/train-0123456789abcdef.pt",
+                    "metrics/train.json", "metrics/eval.json")
+# Every case above goes through load_params; every stage calls it first. These cases, one
+# per kind of fault, check that each stage does, and touches nothing before.
+STAGE_CASES = ["unknown-nested-key", "string-for-int", "lr-nan", "top-level-list"]
 
 
-@pytest.mark.parametrize(("content", "expected"), [case[1:] for case in BAD_PARAMS],
-                         ids=[case[0] for case in BAD_PARAMS])
+@pytest.mark.parametrize(("content", "expected"),
+                         [case[1:] for case in BAD_PARAMS if case[0] in STAGE_CASES],
+                         ids=STAGE_CASES)
 def test_every_stage_refuses_bad_params_before_touching_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | dict[str, Any],
-    expected: tuple[str, ...]
+    tmp_path: Path, content: str | dict[str, Any], expected: tuple[str, ...]
 ) -> None:
     from stages import download, evaluate, preprocess, train
 
@@ -183,13 +212,23 @@ def test_every_stage_refuses_bad_params_before_touching_outputs(
         (tmp_path / name).write_bytes(f"earlier output {index}".encode())
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     _write(tmp_path, content)
-    monkeypatch.chdir(tmp_path)
     for stage in (download, preprocess, train, evaluate):
         with pytest.raises(ParamsError) as info:
-            stage.main()
+            stage.main(Layout(tmp_path))
         assert all(part in str(info.value) for part in expected), stage.__name__
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == {**before, tmp_path / "params.yaml": (tmp_path / "params.yaml").read_bytes()}
+
+
+def test_train_refuses_a_net_missing_from_the_registry(tmp_path: Path) -> None:
+    from stages import train
+
+    _write(tmp_path, {"model": {"net": "resnet"}})
+    with pytest.raises(ParamsError) as info:
+        train.main(Layout(tmp_path))
+    assert str(info.value) == (f"{tmp_path / 'params.yaml'}: model.net must be one of "
+                               "'compact', 'seed', got 'resnet'")
+    assert not (tmp_path / "data").exists()
 
 
 def test_parse_params_names_its_source() -> None:
@@ -243,7 +282,7 @@ def bad_params_runs(
     for variant in ("fresh", "existing"):
         work = tmp_path_factory.mktemp(f"bad-params-{variant}")
         write_raw_dir(work / "data" / "raw", train_count=32, test_count=16)
-        (work / "params.yaml").write_text("preprocess:\n  mean: 0.1307\n  sdt: 0.3081\n")
+        _write(work, {"preprocess": {"sdt": 0.3081}})
         if variant == "existing":
             (work / "data" / "prepared").mkdir(parents=True)
             (work / "data" / "prepared" / "train_images.npy").write_bytes(OLD_TRAIN_IMAGES)

@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 
 from stages.errors import run_stage
 from stages.idx import read_idx
+from stages.layout import Layout
 from stages.model import build_model, load_model, predict_log_probs, save_model
-from stages.paths import MODEL_FILE, RAW_DIR
 from stages.predict import ImageError, load_image, main, predict_files, to_model_input
-from stages.prepared import normalize
+from stages.prepared import Normalization, normalize
 from tests.conftest import REPO_ROOT
 
 # Tests on real digits need real MNIST and a trained model: the e2e pipeline makes them
@@ -76,7 +76,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained compact net saved as train saves it: its digits are arbitrary but fixed."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, "compact", build_model("compact"), 0.1307, 0.3081)
+    save_model(path, "compact", build_model("compact"), Normalization(0.1307, 0.3081))
     return path
 
 
@@ -101,10 +101,10 @@ def test_json_lists_predictions_and_errors_in_order(tiny_model, two_sevens, tmp_
     assert str(missing) in results[1]["error"] and "not found" in results[1]["error"]
     assert err.splitlines() == [f"error: {results[1]['error']}"]
     # the good images were predicted in the batch exactly as the model sees them one by one
-    model, saved = load_model(tiny_model)
+    model, _, normalization = load_model(tiny_model)
     for path, result in zip(two_sevens, results[::2], strict=True):
         assert set(result) == {"image", "digit", "probability"}
-        inputs = to_model_input(load_image(path)[None], saved["mean"], saved["std"])
+        inputs = to_model_input(load_image(path)[None], *normalization)
         probs = predict_log_probs(model, inputs, batch_size=1).exp()[0]
         assert result["digit"] == int(probs.argmax())
         assert result["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
@@ -167,7 +167,7 @@ def test_missing_model_is_one_line_and_exit_1_from_the_command_line(two_sevens, 
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        f"error: {model}: file not found (run the stage that produces it: dvc repro)"]
+        f"error: {model}: file not found (run the stage that makes it: dvc repro)"]
 
 
 def test_off_centre_digit_is_scaled_to_20_px_and_centred_by_mass(tmp_path):
@@ -270,11 +270,12 @@ MIN_CORRECT = 39
 @pytest.fixture(scope="module")
 def real_digits(trained_project: Path) -> tuple[np.ndarray, np.ndarray]:
     """40 test digits, 4 of each class, that the model gets right in their prepared form."""
-    images = read_idx(trained_project / RAW_DIR / "t10k-images-idx3-ubyte", 3, (28, 28))
-    labels = read_idx(trained_project / RAW_DIR / "t10k-labels-idx1-ubyte", 1)
+    project = Layout(trained_project)
+    images = read_idx(project.raw / "t10k-images-idx3-ubyte", 3, (28, 28))
+    labels = read_idx(project.raw / "t10k-labels-idx1-ubyte", 1)
     order = np.random.default_rng(0).permutation(len(labels))[:1000]
-    model, saved = load_model(trained_project / MODEL_FILE)
-    inputs = to_model_input(images[order], saved["mean"], saved["std"])
+    model, _, normalization = load_model(project.model)
+    inputs = to_model_input(images[order], *normalization)
     predicted = predict_log_probs(model, inputs, batch_size=1000).argmax(1).numpy()
     right = order[predicted == labels[order]]
     chosen = np.concatenate([right[labels[right] == digit][:4] for digit in range(10)])
@@ -326,7 +327,7 @@ def test_real_digits_dark_on_light_are_recognised(real_digits, tmp_path, trained
     images, labels = real_digits
     paths = render(tmp_path / "inverted", images, invert=True)
 
-    results = predict_files(paths, trained_project / MODEL_FILE)
+    results = predict_files(paths, Layout(trained_project).model)
 
     assert sum(r.get("digit") == label for r, label in zip(results, labels, strict=True)) \
         >= MIN_CORRECT

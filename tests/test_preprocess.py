@@ -21,9 +21,9 @@ from stages.canonical import CanonicalFile
 from stages.errors import StageError
 from stages.idx import encode_idx, read_idx
 from stages.params import Params, PreprocessParams
-from stages.prepared import PreparedSplit, read_split, split_digest, split_files, write_split
+from stages.prepared import read_normalization, read_split, split_digest, split_files, write_split
 from stages.preprocess import prepare_split
-from tests.conftest import REPO_ROOT, synthetic_digits, write_raw_dir
+from tests.conftest import REPO_ROOT, synthetic_digits, write_params, write_raw_dir
 
 DEFAULT = Params().preprocess
 # raw_dir (conftest): train = synthetic_digits(512, seed=0), t10k = synthetic_digits(256, seed=1)
@@ -128,50 +128,45 @@ def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
     assert split_digest(tmp_path / "a", "test") != split_digest(tmp_path / "b", "test")
 
 
-def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -> None:
     from stages import runtime
 
     write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
-    mapped: list[PreparedSplit] = []
-
-    def read_and_keep(*args: object) -> PreparedSplit:
-        mapped.append(read_split(*args))
-        return mapped[-1]
-
-    monkeypatch.setattr(runtime, "read_split", read_and_keep)
-    loaded = runtime.load_split(tmp_path, "test")
-    images = mapped[0].images
+    split = read_split(tmp_path, "test")
+    loaded = runtime.to_device(split)
+    images = split.images
     assert isinstance(images, np.memmap)
-    assert loaded["images"].data_ptr() == images.ctypes.data  # no copy
-    assert loaded["images"].dtype == torch.float32
-    assert loaded["labels"].dtype == torch.int64
-    assert np.array_equal(loaded["images"].numpy(), images)
+    assert loaded.images.data_ptr() == images.ctypes.data  # no copy
+    assert loaded.images.dtype == torch.float32
+    assert loaded.labels.dtype == torch.int64
+    assert np.array_equal(loaded.images.numpy(), images)
     # copy-on-write: writing to the tensor never reaches the file
     before = _file_hashes(tmp_path, "test")
-    loaded["images"][0] = 7.0
+    loaded.images[0] = 7.0
     del loaded
     assert _file_hashes(tmp_path, "test") == before
 
 
 def expect_raw_files_as_they_are(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``preprocess.main`` accept the synthetic files in ``raw`` as canonical."""
-    table = tuple(CanonicalFile(p.name, p.stat().st_size, file_digest(p))
+    table = tuple(CanonicalFile(p.name, p.stat().st_size, file_digest(p), gz_md5="")
                   for p in sorted(raw.iterdir()))
-    monkeypatch.setattr(preprocess, "EXPECTED_RAW_FILES", table)
+    monkeypatch.setattr(preprocess, "CANONICAL_FILES", table)
 
 
 def test_main_writes_both_splits_from_params_yaml(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     write_raw_dir(tmp_path / "data" / "raw", train_count=40, test_count=24)
     expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
-    (tmp_path / "params.yaml").write_text("preprocess:\n  mean: 0.5\n  std: 0.25\n")
+    wanted = PreprocessParams(mean=0.5, std=0.25)
+    write_params(tmp_path / "params.yaml", Params(preprocess=wanted))
     monkeypatch.chdir(tmp_path)
     preprocess.main()
-    wanted = PreprocessParams(mean=0.5, std=0.25)
     prepared = tmp_path / "data" / "prepared"
     assert sorted(p.name for p in prepared.iterdir()) == [
-        "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
+        "normalization.json", "test_images.npy", "test_labels.npy", "train_images.npy",
+        "train_labels.npy"]
+    assert read_normalization(prepared) == (0.5, 0.25)
     for split, count in (("train", 40), ("test", 24)):
         loaded = read_split(prepared, split)
         images, labels = prepare_split(tmp_path / "data" / "raw", split, wanted)

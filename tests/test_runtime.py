@@ -48,19 +48,31 @@ def test_asking_for_a_missing_device_is_a_one_line_error():
         select_device("cuda")
 
 
+def test_the_private_deterministic_hook_falls_back_to_the_public_call(
+    torch_settings_restored, monkeypatch, capsys,
+):
+    real = torch._C._set_deterministic_algorithms
+
+    def changed_signature(mode: bool, **kwargs: object) -> None:
+        """As a later torch might have it: the public call (with warn_only) still works."""
+        if "warn_only" not in kwargs:
+            raise TypeError("missing keyword argument 'warn_only'")
+        real(mode, **kwargs)
+
+    monkeypatch.setattr(torch._C, "_set_deterministic_algorithms", changed_signature)
+    torch.use_deterministic_algorithms(False)
+    configure_torch(1, torch.device("cpu"))
+    assert torch.are_deterministic_algorithms_enabled()
+    err = capsys.readouterr().err
+    assert err.startswith("note: torch._C._set_deterministic_algorithms unavailable "
+                          "(TypeError)") and err.count("\n") == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("bf16", [False, True])
-def test_training_on_cuda_learns(tmp_path, raw_dir, tiny_params, bf16):
-    from stages.prepared import write_split
-    from stages.preprocess import prepare_split
-    from stages.train import Paths, train
+def test_training_on_cuda_learns(project, tiny_params, bf16):
+    from stages.train import train
 
-    prepared = tmp_path / "prepared"
-    for split in ("train", "test"):
-        write_split(prepared, split, *prepare_split(raw_dir, split, tiny_params.preprocess))
-    paths = Paths(prepared=prepared, model=tmp_path / "model.pt",
-                  checkpoint=tmp_path / "ckpt" / "last.pt", metrics=tmp_path / "train.json",
-                  history=tmp_path / "history.csv")
-    history = train(with_train(tiny_params, device="cuda", bf16=bf16, epochs=3), paths)
+    history = train(with_train(tiny_params, device="cuda", bf16=bf16, epochs=3), project)
     assert history[-1]["test_acc"] > 0.9

@@ -9,62 +9,72 @@ from pathlib import Path
 import pytest
 import torch
 
-import stages.train as train_module
+from stages.checkpoint import ResumeStore
 from stages.errors import StageError
-from stages.model import load_model
+from stages.layout import Layout
+from stages.model import CHECKPOINT_KIND, load_model
 from stages.params import Params
-from stages.prepared import write_split
-from stages.preprocess import prepare_split
-from stages.train import Paths, set_aside_path, train
-from tests.conftest import with_train
+from stages.prepared import read_split
+from stages.runtime import to_device
+from stages.torch_io import torch_load_verified
+from stages.train import train
+from stages.training import Trainer, make_optimizer, make_scheduler
+from tests.conftest import with_train, write_params
+
+OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
 
 
-def file_hashes(paths: Paths) -> dict[str, str]:
-    return {name: hashlib.sha256(Path(p).read_bytes()).hexdigest()
-            for name, p in (("model", paths.model), ("metrics", paths.metrics),
-                            ("history", paths.history), ("checkpoint", paths.checkpoint))}
+def output_hashes(layout: Layout) -> dict[str, str]:
+    return {name: hashlib.sha256(getattr(layout, name).read_bytes()).hexdigest()
+            for name in OUTPUTS}
 
 
-@pytest.fixture
-def prepared_dir(raw_dir: Path, tiny_params: Params) -> Path:
-    prepared = raw_dir.parent / "prepared"
-    for split in ("train", "test"):
-        write_split(prepared, split, *prepare_split(raw_dir, split, tiny_params.preprocess))
-    return prepared
+def project_like(project: Layout, root: Path, params: Params) -> Layout:
+    """Another project on the same prepared data, with ``params``."""
+    layout = Layout(root)
+    layout.root.mkdir(parents=True)
+    (layout.root / "data").mkdir()
+    layout.prepared.symlink_to(project.prepared.resolve())
+    write_params(layout.params, params)
+    return layout
 
 
-def run_paths(root: Path, prepared: Path) -> Paths:
-    return Paths(prepared=prepared, model=root / "model" / "model.pt",
-                 checkpoint=root / "checkpoints" / "last.pt",
-                 metrics=root / "metrics" / "train.json",
-                 history=root / "metrics" / "history.csv")
-
-
-def test_training_learns_and_writes_every_output(tmp_path, prepared_dir, tiny_params):
-    paths = run_paths(tmp_path / "run", prepared_dir)
-    history = train(with_train(tiny_params, epochs=3), paths)
+def test_training_learns_and_writes_every_output(project, tiny_params):
+    params = with_train(tiny_params, epochs=3)
+    history = train(params, project)
 
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["test_acc"] > 0.9  # the synthetic digits are easy: it must learn them
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    metrics = json.loads(paths.metrics.read_text())
-    assert metrics == {k: (v if k == "epoch" else round(v, 6)) for k, v in history[-1].items()}
-    assert paths.history.read_text().splitlines()[0] == \
-        "epoch,train_loss,train_acc,test_loss,test_acc"
-    assert len(paths.history.read_text().splitlines()) == 4
-    _, saved = load_model(paths.model)
-    assert saved["net"] == "compact" and saved["mean"] == tiny_params.preprocess.mean
+    assert json.loads(project.train_metrics.read_text()) == {
+        "epoch": 3, "epochs": 3, "train_loss": round(history[-1]["train_loss"], 6),
+        "train_acc": round(history[-1]["train_acc"], 6)}
+    lines = project.train_history.read_text().splitlines()
+    assert lines[0] == "epoch,train_loss,train_acc,test_loss,test_acc" and len(lines) == 4
+    saved = load_model(project.model)
+    assert saved.net == "compact"
+    assert saved.normalization == (tiny_params.preprocess.mean, tiny_params.preprocess.std)
+    checkpoint = torch_load_verified(project.checkpoint)
+    assert checkpoint["kind"] == CHECKPOINT_KIND and checkpoint["history"] == history
+    assert not list(project.resume.iterdir())  # the unfinished-run state is gone
 
 
-def test_same_params_give_bit_identical_outputs(tmp_path, prepared_dir, tiny_params):
-    first, second = (run_paths(tmp_path / name, prepared_dir) for name in ("a", "b"))
-    train(tiny_params, first)
-    train(tiny_params, second)
-    assert file_hashes(first) == file_hashes(second)
+def test_the_model_keeps_the_normalization_preprocess_wrote_not_params(project, tiny_params):
+    changed = Params(preprocess=type(tiny_params.preprocess)(mean=0.5, std=0.5),
+                     train=tiny_params.train, model=tiny_params.model)
+    train(changed, project)
+    assert load_model(project.model).normalization == (0.1307, 0.3081)
 
-    other_seed = run_paths(tmp_path / "c", prepared_dir)
-    train(with_train(tiny_params, seed=2), other_seed)
-    assert file_hashes(other_seed)["model"] != file_hashes(first)["model"]
+
+def test_same_params_give_bit_identical_outputs(project, tiny_params, tmp_path):
+    other = project_like(project, tmp_path / "other", tiny_params)
+    train(tiny_params, project)
+    train(tiny_params, other)
+    assert output_hashes(project) == output_hashes(other)
+
+    reseeded = project_like(project, tmp_path / "reseeded", tiny_params)
+    train(with_train(tiny_params, seed=2), reseeded)
+    assert output_hashes(reseeded)["model"] != output_hashes(project)["model"]
 
 
 @pytest.mark.parametrize("changes", [
@@ -72,120 +82,176 @@ def test_same_params_give_bit_identical_outputs(tmp_path, prepared_dir, tiny_par
     {"optimizer": "sgd", "schedule": "step", "step_gamma": 0.5},
     {"optimizer": "adam", "weight_decay": 1e-4},
 ])
-def test_each_optimizer_and_schedule_trains(tmp_path, prepared_dir, tiny_params, changes):
-    history = train(with_train(tiny_params, epochs=2, **changes),
-                    run_paths(tmp_path, prepared_dir))
+def test_each_optimizer_and_schedule_trains(project, tiny_params, changes):
+    history = train(with_train(tiny_params, epochs=2, **changes), project)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_step_schedule_decays_lr_each_epoch(tiny_params):
     cfg = with_train(tiny_params, optimizer="sgd", schedule="step", step_gamma=0.5, lr=0.1).train
     model = torch.nn.Linear(2, 2)
-    optimizer = train_module.make_optimizer(model, cfg)
-    scheduler = train_module.make_scheduler(optimizer, cfg, steps_per_epoch=10)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=10)
+    assert scheduler is not None
     for _ in range(2):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
 
 
-def test_seed_net_trains(tmp_path, prepared_dir, tiny_params):
-    params = Params(preprocess=tiny_params.preprocess, train=tiny_params.train,
-                    model=type(tiny_params.model)(net="seed"))
-    paths = run_paths(tmp_path, prepared_dir)
-    train(params, paths)
-    _, saved = load_model(paths.model)
-    assert saved["net"] == "seed"
+def test_seed_net_trains(project, tiny_params):
+    params = Params(train=tiny_params.train, model=type(tiny_params.model)(net="seed"))
+    train(params, project)
+    assert load_model(project.model).net == "seed"
 
 
-def test_interrupted_run_resumes_to_identical_result(tmp_path, prepared_dir, tiny_params,
-                                                      monkeypatch, capsys):
-    params = with_train(tiny_params, epochs=3)
-    clean = run_paths(tmp_path / "clean", prepared_dir)
-    train(params, clean)
-
-    resumed = run_paths(tmp_path / "resumed", prepared_dir)
-    real_epoch = train_module.train_one_epoch
+def interrupt_epoch(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """Make the ``number``-th epoch from now raise KeyboardInterrupt, as Ctrl-C would."""
+    real = Trainer.run_epoch
     calls = []
 
-    def interrupt_in_second_epoch(*args, **kwargs):
+    def run_epoch(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == number:
             raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupt_in_second_epoch)
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+
+
+def test_interrupted_run_resumes_to_identical_result(project, tiny_params, tmp_path,
+                                                      monkeypatch, capsys):
+    params = with_train(tiny_params, epochs=3)
+    clean = project_like(project, tmp_path / "clean", params)
+    train(params, clean)
+
+    interrupt_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train(params, resumed)
-    assert not resumed.model.exists()
-    assert json.loads(resumed.metrics.read_text())["epoch"] == 1
+        train(params, project)
+    assert not project.model.exists() and not project.checkpoint.exists()
+    live = json.loads(project.train_metrics.read_text())
+    assert (live["epoch"], live["epochs"]) == (1, 3)  # reads as unfinished
+    assert len(list(project.resume.iterdir())) == 1
 
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
-    calls.clear()
-    train(params, resumed)
-    assert "resuming from" in capsys.readouterr().out
-    assert file_hashes(resumed) == file_hashes(clean)
+    monkeypatch.undo()
+    (state,) = project.resume.iterdir()
+    capsys.readouterr()
+    train(params, project)
+    out = capsys.readouterr().out
+    assert f"train: resuming from {state} after epoch 1" in out
+    assert "epoch 1/3" not in out  # the completed epoch was not trained again
+    assert output_hashes(project) == output_hashes(clean)
+    assert not list(project.resume.iterdir())
 
 
-def test_checkpoint_of_other_params_is_set_aside(tmp_path, prepared_dir, tiny_params, capsys):
-    paths = run_paths(tmp_path, prepared_dir)
-    train(tiny_params, paths)
-    first_checkpoint = paths.checkpoint.read_bytes()
+def test_a_finished_state_left_behind_only_writes_the_outputs(project, tiny_params, capsys):
+    train(tiny_params, project)
+    clean = output_hashes(project)
+    # what a run killed after its last epoch, before its outputs, leaves behind
+    record = torch_load_verified(project.checkpoint)
+    state = ResumeStore(project.resume, record["fingerprint"]).path
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_bytes(project.checkpoint.read_bytes())
+    for name in OUTPUTS:
+        getattr(project, name).unlink()
+    capsys.readouterr()
 
-    history = train(with_train(tiny_params, lr=0.02), paths)
+    history = train(tiny_params, project)
+    assert capsys.readouterr().out == f"train: resuming from {state} after epoch 1\n"
+    assert len(history) == 1
+    assert output_hashes(project) == clean
+
+
+def test_state_of_other_params_is_dropped_with_one_line(project, tiny_params, monkeypatch,
+                                                        capsys):
+    interrupt_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(with_train(tiny_params, epochs=2), project)
+    monkeypatch.undo()
+    (left,) = project.resume.iterdir()
+    capsys.readouterr()
+
+    history = train(with_train(tiny_params, epochs=2, lr=0.02), project)
     err = capsys.readouterr().err
-    assert "not resuming" in err and "other params" in err
-    aside = paths.checkpoint.parent.with_name("checkpoints.set-aside") / "last.pt.stale"
-    assert aside.read_bytes() == first_checkpoint
-    assert f"moved it to {aside}" in err
-    assert len(history) == 1  # trained from scratch, not continued
-    # the DVC output holds the new checkpoint only
-    assert [p.name for p in paths.checkpoint.parent.iterdir()] == ["last.pt"]
+    assert err == f"train: dropping {left}, the unfinished run of other params, data or code\n"
+    assert [row["epoch"] for row in history] == [1, 2]  # from scratch, not continued
+    assert not list(project.resume.iterdir())
+
+
+def test_a_normal_run_prints_nothing_about_resume_state(project, tiny_params, capsys):
+    train(tiny_params, project)
+    train(with_train(tiny_params, lr=0.02), project)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bit flip", "garbage", "foreign"])
-def test_damaged_checkpoint_is_set_aside_and_training_restarts(tmp_path, prepared_dir,
-                                                               tiny_params, capsys, damage):
-    clean = run_paths(tmp_path / "clean", prepared_dir)
-    train(tiny_params, clean)
-    paths = run_paths(tmp_path / "damaged", prepared_dir)
-    paths.checkpoint.parent.mkdir(parents=True)
-    good = clean.checkpoint.read_bytes()
+def test_damaged_state_is_dropped_and_training_restarts(project, tiny_params, tmp_path,
+                                                         monkeypatch, capsys, damage):
+    params = with_train(tiny_params, epochs=2)
+    clean = project_like(project, tmp_path / "clean", params)
+    train(params, clean)
+    interrupt_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, project)
+    monkeypatch.undo()
+    (state,) = project.resume.iterdir()
+    good = state.read_bytes()
     if damage == "truncate":
-        paths.checkpoint.write_bytes(good[: len(good) // 2])
+        state.write_bytes(good[: len(good) // 2])
     elif damage == "bit flip":  # in tensor data: torch.load alone would not notice
         flipped = bytearray(good)
         flipped[len(good) // 2] ^= 0x01
-        paths.checkpoint.write_bytes(bytes(flipped))
+        state.write_bytes(bytes(flipped))
     elif damage == "garbage":
-        paths.checkpoint.write_bytes(b"\x00not a checkpoint" * 100)
-    else:  # a valid torch file, but not a checkpoint of ours
-        torch.save({"weights": torch.zeros(3)}, paths.checkpoint)
+        state.write_bytes(b"\x00not a checkpoint" * 100)
+    else:  # a valid torch file, but not a state of ours
+        torch.save({"weights": torch.zeros(3)}, state)
+    capsys.readouterr()
 
-    train(tiny_params, paths)
-    assert "not resuming" in capsys.readouterr().err
-    aside = paths.checkpoint.parent.with_name("checkpoints.set-aside") / "last.pt.corrupt"
-    assert aside.exists()
-    assert set_aside_path(paths.checkpoint, ".corrupt") == aside
-    assert [p.name for p in paths.checkpoint.parent.iterdir()] == ["last.pt"]
-    assert file_hashes(paths) == file_hashes(clean)
+    train(params, project)
+    err = capsys.readouterr().err
+    assert err.startswith(f"train: cannot resume ({state}: ") and err.count("\n") == 1
+    assert "training from scratch" in err
+    assert output_hashes(project) == output_hashes(clean)
 
 
-def test_failed_run_keeps_previous_metrics(tmp_path, prepared_dir, tiny_params):
-    paths = run_paths(tmp_path, prepared_dir)
-    train(tiny_params, paths)
-    before = paths.metrics.read_bytes(), paths.history.read_bytes()
+def test_final_checkpoint_continues_training_exactly(project, tiny_params, tmp_path):
+    """The checkpoint holds the whole state: one epoch, then one more from the checkpoint,
+    equals two epochs in one go (a constant schedule, so the epoch count changes nothing
+    else)."""
+    params = with_train(tiny_params, optimizer="sgd", schedule="constant", lr=0.05)
+    train(params, project)
+    two = project_like(project, tmp_path / "two", with_train(params, epochs=2))
+    train(with_train(params, epochs=2), two)
 
-    (prepared_dir / "test_images.npy").unlink()
+    trainer = Trainer(params.train, "compact", to_device(read_split(project.prepared, "train")),
+                      torch.device("cpu"))
+    trainer.load_state_dict(torch_load_verified(project.checkpoint)["trainer"])
+    trainer.run_epoch()
+    expected = load_model(two.model).model.state_dict()
+    assert all(torch.equal(value, expected[name])
+               for name, value in trainer.model.state_dict().items())
+
+
+def test_a_missing_input_fails_before_any_output_is_written(project, tiny_params):
+    train(tiny_params, project)
+    before = output_hashes(project)
+    (project.prepared / "test_images.npy").unlink()
     with pytest.raises(StageError, match=r"test_images\.npy: file not found"):
-        train(with_train(tiny_params, lr=0.02), paths)
-    assert (paths.metrics.read_bytes(), paths.history.read_bytes()) == before
+        train(with_train(tiny_params, lr=0.02), project)
+    assert output_hashes(project) == before
 
 
-def test_without_a_terminal_each_epoch_is_one_clean_line(tmp_path, prepared_dir, tiny_params,
-                                                         capsys):
-    train(with_train(tiny_params, epochs=2), run_paths(tmp_path, prepared_dir))
+def test_a_batch_larger_than_the_training_set_is_refused(project, tiny_params):
+    with pytest.raises(StageError, match=r"train\.batch_size 100000 is larger than the "
+                                         r"training set \(512 images\)"):
+        train(with_train(tiny_params, batch_size=100_000), project)
+    assert not project.model_dir.exists()
+
+
+def test_without_a_terminal_each_epoch_is_one_clean_line(project, tiny_params, capsys):
+    train(with_train(tiny_params, epochs=2), project)
     out = capsys.readouterr().out
     assert "\r" not in out  # no progress bar redraws in CI logs
-    lines = out.splitlines()
-    assert [line.split(" loss")[0] for line in lines] == ["train: epoch 1/2", "train: epoch 2/2"]
+    assert [line.split(" loss")[0] for line in out.splitlines()] == \
+        ["train: epoch 1/2", "train: epoch 2/2"]
