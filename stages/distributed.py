@@ -19,6 +19,7 @@ the global batch (SyncBatchNorm) refuses CPU tensors, and one built on all-reduc
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from stages.errors import StageError
+from stages.errors import PEER_LOST, AlreadyReported, StageError
 from stages.params import TrainParams
 
 T = TypeVar("T")
@@ -148,17 +149,30 @@ def launch(cfg: TrainParams, module: str) -> None:
 
     The workers inherit the environment: each sets its own thread count from params.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))  # else torchrun warns, sets 1
+    if "LOGLEVEL" not in os.environ:  # torchrun's own way to ask for its logs
+        # it logs each failure at length; the workers and WorkerFailed say it in one line
+        for name in list(logging.Logger.manager.loggerDict):
+            if name.startswith("torch.distributed.elastic"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args([
         "--standalone", f"--nproc-per-node={cfg.nproc}", "--max-restarts=0",
         "--monitor-interval=0.2", "-m", module])
     try:
         run(args)
     except ChildFailedError as err:
-        raise WorkerFailed(err.failures) from None
+        failed = WorkerFailed(err.failures)
+        if failed.reported:
+            raise AlreadyReported from None
+        raise failed from None
+    except SignalException as err:  # torchrun stopped its workers first
+        if err.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise StageError(f"train: stopped by {err.sigval.name}") from None
 
 
 class WorkerFailed(StageError):
@@ -172,11 +186,25 @@ class WorkerFailed(StageError):
 
     @property
     def reported(self) -> bool:
-        """Whether every failed worker already printed why (a StageError: exit code 1)."""
-        return all(code == 1 for code in self.exit_codes.values())
+        """Whether a worker printed why it failed (a StageError exits 1; torchrun then stops
+        the others, which is no news)."""
+        return 1 in self.exit_codes.values()
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` came out of a torch.distributed call (a collective whose peer died)."""
+    frames = []
+    traceback = err.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code.co_filename)
+        traceback = traceback.tb_next
+    return isinstance(err, RuntimeError) and any(
+        f"{os.sep}torch{os.sep}" in name and "distributed" in name for name in frames)
 
 
 def _describe_exit(code: int) -> str:
+    if code == PEER_LOST:
+        return "stopped when another process failed"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

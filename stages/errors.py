@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 
 class StageError(Exception):
     """A failure the user can fix (bad param, bad file, no source); printed as one line."""
+
+
+class PeerLost(Exception):
+    """A data-parallel worker whose peers stopped (one failed, or was killed): it exits with
+    ``PEER_LOST`` and prints nothing; the launcher or the failed worker says what happened."""
+
+
+class AlreadyReported(Exception):
+    """A failure whose one line another process has printed: exit 1 and say nothing more."""
+
+
+PEER_LOST = 3
 
 
 def corrupt_file(path: object, err: BaseException) -> StageError:
@@ -36,10 +49,16 @@ def run_stage(main: Callable[[], None], description: str | None = None) -> None:
         ).parse_args()
     try:
         main()
+    except AlreadyReported:
+        sys.exit(1)
+    except PeerLost:
+        sys.exit(PEER_LOST)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun worker: its launcher says it
+            sys.exit(130)
         print("interrupted: rerun to continue (train resumes from its last complete epoch)",
               file=sys.stderr)
         sys.exit(130)

@@ -25,7 +25,7 @@ from stages import distributed
 from stages.artifacts import write_csv_atomic, write_json_atomic
 from stages.checkpoint import ResumeStore, run_fingerprint, training_record
 from stages.distributed import Group
-from stages.errors import StageError, run_stage
+from stages.errors import PeerLost, StageError, run_stage
 from stages.layout import Layout
 from stages.model import check_net, save_model, score
 from stages.params import Params, load_params
@@ -47,7 +47,12 @@ def main(layout: Layout = Layout()) -> None:
         check_data(params, layout)  # before paying for the launcher
         distributed.launch(cfg, "stages.train")
         return
-    train(params, layout)
+    try:
+        train(params, layout)
+    except RuntimeError as err:
+        if distributed.under_torchrun() and distributed.lost_peer(err):
+            raise PeerLost from err  # no traceback: the peer that failed says why
+        raise
 
 
 def check_data(params: Params, layout: Layout) -> int:
