@@ -1,5 +1,5 @@
 # The two commands of the README:  make repro  (install, then run the pipeline)
-#                                   make test   (install, then lint and run the tests)
+#                                   make test   (install, then lint, type-check and test)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
@@ -8,14 +8,15 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint benchmark
+.PHONY: install repro test test-fast lint benchmark push restore
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock: the versions the tests last passed with (constraints, not ranges)
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
 repro: install
@@ -23,9 +24,24 @@ repro: install
 
 lint: install
 	ruff check .
+	mypy
 
 test: lint
 	pytest
 
+# the unit tests only (synthetic data, no dvc, no download): about half a minute
+test-fast: lint
+	pytest -m "not e2e"
+
 benchmark: install
 	python -m benchmarks.train_speed
+
+# share every run DVC has seen (outputs, metrics and plots) with the default remote
+push: install
+	python -m stages.share
+
+# after a failed or interrupted run: the last committed params, and their outputs back from
+# DVC's cache (nothing is trained again for params DVC has seen)
+restore: install
+	git checkout HEAD -- params.yaml
+	dvc repro

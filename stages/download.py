@@ -32,7 +32,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from tqdm import tqdm
@@ -254,7 +254,7 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
-def safe_unpickle(data: bytes) -> object:
+def safe_unpickle(data: bytes) -> Any:
     """Unpickle a Python 2 pickle of numpy arrays, refusing every other global."""
     try:
         return _NumpyArrayUnpickler(io.BytesIO(data), encoding="latin1").load()

@@ -89,7 +89,7 @@ def build_model(net: str, device: torch.device | str = "cpu") -> nn.Module:
     Channels-last: oneDNN's CPU convolutions and pooling run 1.5-2x faster in that layout.
     """
     check_net(net)
-    return NETS[net]().to(device, memory_format=torch.channels_last)
+    return NETS[net]().to(device).to(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()
@@ -142,7 +142,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> SavedModel:
                          "(that is data/model/model.pt)")
     if saved.get("net") not in NETS:
         raise StageError(f"{path}: net {saved.get('net')!r} is not in this code's registry")
-    model = NETS[saved["net"]]().to(device, memory_format=torch.channels_last)
+    model = NETS[saved["net"]]().to(device).to(memory_format=torch.channels_last)
     try:
         model.load_state_dict(saved["state_dict"])
         normalization = Normalization(float(saved["mean"]), float(saved["std"]))

@@ -143,7 +143,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str, complete: bool) -> Any
                 raise ParamsError(f"{source}: missing key '{key}'")
             continue
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], f"{key}.", source, complete)
         else:
             values[name] = _coerce(raw[name], hint, key, source)

@@ -168,7 +168,8 @@ def fit_digit(ink: np.ndarray) -> np.ndarray:
     crop = crop * (255 / max(float(crop.max()), 1.0))  # MNIST's ink peaks at 255, whatever the pen
     scale = BOX / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    patch = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.LANCZOS))
+    resized = Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    patch = np.asarray(resized)
     return centre_by_mass(np.clip(patch, 0, 255))
 
 

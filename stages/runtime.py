@@ -77,7 +77,7 @@ def _use_deterministic_kernels() -> None:
         torch.use_deterministic_algorithms(True)
     # The mode also fills every new tensor with NaN, a debugging aid for kernels that read
     # memory they never wrote; none of ours do, and the fills took 13 % of a profiled CPU step.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
 
 class TensorSplit(NamedTuple):

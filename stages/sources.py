@@ -28,7 +28,8 @@ def imported_modules(module: str) -> set[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "stages":
                 pending.extend(alias.name for alias in node.names)  # from stages import x
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
+            elif isinstance(node, ast.ImportFrom) and node.module \
+                    and node.module.startswith("stages."):
                 pending.append(node.module.removeprefix("stages."))
             elif isinstance(node, ast.Import):
                 pending.extend(alias.name.removeprefix("stages.") for alias in node.names

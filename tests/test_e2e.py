@@ -141,6 +141,20 @@ def test_pull_what_exists_run_what_is_missing(pipeline, tmp_path):
     repo.dvc("remote", "remove", "--local", "partial")
 
 
+def test_data_parallel_training_reruns_only_train_and_evaluate_and_is_repeatable(pipeline):
+    repo, _ = pipeline
+    single = eval_metrics(repo)["accuracy"]
+    ddp = ("-S", "train.nproc=2", "-S", "train.threads=1")  # 2 cores: one thread each
+
+    output = repo.dvc("exp", "run", *ddp).stdout
+    assert ran(output) == {"train", "evaluate"}
+    first = output_hashes(repo)
+    assert abs(eval_metrics(repo)["accuracy"] - single) <= 0.002  # one epoch: a few images
+    repo.dvc("exp", "run", "-f", *ddp)  # again, computed (not restored)
+    assert output_hashes(repo) == first
+    back_to_baseline(repo)
+
+
 def test_a_bad_param_fails_in_one_line_and_the_restore_command_brings_back_the_outputs(
     pipeline,
 ):
