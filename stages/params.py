@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +96,12 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def params_yaml(params: Params) -> str:
+    """``params`` as params.yaml text (what tests and the benchmark write for a stage)."""
+    plain = json.loads(json.dumps(dataclasses.asdict(params)))  # tuples become lists
+    return yaml.safe_dump(plain, sort_keys=False)
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

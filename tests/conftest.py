@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import yaml
 
 from stages.idx import encode_idx
 from stages.layout import Layout
-from stages.params import Params, parse_params
+from stages.params import Params, params_yaml, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +48,11 @@ def raw_dir(tmp_path: Path) -> Path:
 
 def params_as_dict(params: Params) -> dict[str, Any]:
     """``params`` as params.yaml holds it (lists, not tuples)."""
-    return json.loads(json.dumps(dataclasses.asdict(params)))
+    return yaml.safe_load(params_yaml(params))
 
 
 def write_params(path: Path, params: Params) -> None:
-    path.write_text(yaml.safe_dump(params_as_dict(params), sort_keys=False))
+    path.write_text(params_yaml(params))
 
 
 TINY = {"train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu"},
