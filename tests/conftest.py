@@ -15,6 +15,7 @@ from stages.layout import Layout
 from stages.params import Params, params_yaml, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PIPELINE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

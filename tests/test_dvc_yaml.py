@@ -12,9 +12,7 @@ import yaml
 from stages.layout import Layout
 from stages.params import Params
 from stages.sources import imported_modules
-from tests.conftest import REPO_ROOT
-
-PIPELINE = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+from tests.conftest import PIPELINE, REPO_ROOT
 
 
 def test_stages_run_in_pipeline_order():

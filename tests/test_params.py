@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import yaml
 from stages.errors import StageError
 from stages.layout import Layout
 from stages.params import Params, ParamsError, load_params, parse_params
-from tests.conftest import REPO_ROOT, params_as_dict, write_raw_dir
+from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, write_raw_dir
 
 
 def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.yaml") -> Path:
@@ -205,14 +206,13 @@ STAGE_CASES = ["unknown-nested-key", "string-for-int", "lr-nan", "top-level-list
 def test_every_stage_refuses_bad_params_before_touching_outputs(
     tmp_path: Path, content: str | dict[str, Any], expected: tuple[str, ...]
 ) -> None:
-    from stages import download, evaluate, preprocess, train
-
+    stages = [importlib.import_module(f"stages.{name}") for name in PIPELINE]
     for index, name in enumerate(EXISTING_OUTPUTS):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(f"earlier output {index}".encode())
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     _write(tmp_path, content)
-    for stage in (download, preprocess, train, evaluate):
+    for stage in stages:
         with pytest.raises(ParamsError) as info:
             stage.main(Layout(tmp_path))
         assert all(part in str(info.value) for part in expected), stage.__name__

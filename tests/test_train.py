@@ -105,36 +105,34 @@ def test_seed_net_trains(project, tiny_params):
     assert load_model(project.model).net == "seed"
 
 
-def interrupt_epoch(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
-    """Make the ``number``-th epoch from now raise KeyboardInterrupt, as Ctrl-C would."""
+def interrupted(params: Params, layout: Layout) -> Path:
+    """Run ``params`` with Ctrl-C in its second epoch; the resume state it leaves behind."""
     real = Trainer.run_epoch
     calls = []
 
     def run_epoch(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == number:
+        if len(calls) == 2:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "run_epoch", run_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train(params, layout)
+    (state,) = layout.resume.iterdir()
+    return state
 
 
-def test_interrupted_run_resumes_to_identical_result(project, tiny_params, tmp_path,
-                                                      monkeypatch, capsys):
+def test_interrupted_run_resumes_to_identical_result(project, tiny_params, tmp_path, capsys):
     params = with_train(tiny_params, epochs=3)
     clean = project_like(project, tmp_path / "clean", params)
     train(params, clean)
 
-    interrupt_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, project)
+    state = interrupted(params, project)
     assert not project.model.exists() and not project.checkpoint.exists()
     live = json.loads(project.train_metrics.read_text())
     assert (live["epoch"], live["epochs"]) == (1, 3)  # reads as unfinished
-    assert len(list(project.resume.iterdir())) == 1
-
-    monkeypatch.undo()
-    (state,) = project.resume.iterdir()
     capsys.readouterr()
     train(params, project)
     out = capsys.readouterr().out
@@ -162,13 +160,8 @@ def test_a_finished_state_left_behind_only_writes_the_outputs(project, tiny_para
     assert output_hashes(project) == clean
 
 
-def test_state_of_other_params_is_dropped_with_one_line(project, tiny_params, monkeypatch,
-                                                        capsys):
-    interrupt_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train(with_train(tiny_params, epochs=2), project)
-    monkeypatch.undo()
-    (left,) = project.resume.iterdir()
+def test_state_of_other_params_is_dropped_with_one_line(project, tiny_params, capsys):
+    left = interrupted(with_train(tiny_params, epochs=2), project)
     capsys.readouterr()
 
     history = train(with_train(tiny_params, epochs=2, lr=0.02), project)
@@ -186,15 +179,11 @@ def test_a_normal_run_prints_nothing_about_resume_state(project, tiny_params, ca
 
 @pytest.mark.parametrize("damage", ["truncate", "bit flip", "garbage", "foreign"])
 def test_damaged_state_is_dropped_and_training_restarts(project, tiny_params, tmp_path,
-                                                         monkeypatch, capsys, damage):
+                                                         capsys, damage):
     params = with_train(tiny_params, epochs=2)
     clean = project_like(project, tmp_path / "clean", params)
     train(params, clean)
-    interrupt_epoch(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, project)
-    monkeypatch.undo()
-    (state,) = project.resume.iterdir()
+    state = interrupted(params, project)
     good = state.read_bytes()
     if damage == "truncate":
         state.write_bytes(good[: len(good) // 2])
