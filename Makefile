@@ -29,9 +29,9 @@ lint: install
 test: lint
 	pytest
 
-# the unit tests only (synthetic data, no dvc, no download): about half a minute
+# the unit tests only: synthetic data, no dvc, no download, no killed processes (~1 min)
 test-fast: lint
-	pytest -m "not e2e"
+	pytest -m "not e2e and not processes"
 
 benchmark: install
 	python -m benchmarks.train_speed

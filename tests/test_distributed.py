@@ -20,8 +20,9 @@ from stages.layout import Layout
 from stages.params import Params, parse_params
 from tests.conftest import REPO_ROOT, make_project, write_params
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="the kill tests read /proc")
+pytestmark = [pytest.mark.processes,
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="the kill tests read /proc")]
 
 EPOCHS = 3
 DDP = parse_params({"train": {"epochs": EPOCHS, "batch_size": 64, "threads": 1,

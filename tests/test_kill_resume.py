@@ -16,6 +16,8 @@ from stages.layout import Layout
 from stages.params import parse_params
 from tests.conftest import REPO_ROOT, make_project
 
+pytestmark = pytest.mark.processes
+
 EPOCHS = 4
 PARAMS = parse_params({"train": {"epochs": EPOCHS, "batch_size": 32, "threads": 1,
                                  "device": "cpu"}})
