@@ -43,6 +43,19 @@ INK_FRACTION = 0.3
 # A peak less than this many grey levels above the background is no digit: a blank image.
 MIN_CONTRAST = 16
 BLANK = "no digit found: the image is blank"
+MIN_SIDE = 8
+WORK_SIDE = 640
+COARSE_SIDE = 64
+PAGE_WIDTH = 1 / 3
+PAGE_CONTRAST = 24
+PAGE_AREA = 0.1
+FLAT_BORDER = 10
+WIDE_WINDOW = 1 / 4
+WINDOW_STROKES = 3
+PAPER_FLOOR = 0.25
+MNIST_STROKE = 2.5
+THIN_STROKE = 1.0
+DETAIL = 80
 
 
 class ImageError(StageError):
@@ -108,10 +121,11 @@ def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
 
 def load_image(path: str | Path) -> np.ndarray:
     """The digit in the image at ``path`` as MNIST would hold it: uint8 28x28, light on dark."""
-    ink = light_on_dark(read_gray(path))
     try:
-        return fit_digit(ink)
+        return fit_digit(ink_image(read_gray(path)))
     except ImageError as err:
+        if str(err).startswith(f"{path}: "):
+            raise
         raise ImageError(f"{path}: {err}") from None
 
 
@@ -147,28 +161,214 @@ def flatten(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(canvas, rgba).convert("L")
 
 
-def light_on_dark(gray: np.ndarray) -> np.ndarray:
-    """float32 ink intensity: inverted if the background is the lighter part, background 0.
+def ink_image(gray: np.ndarray) -> np.ndarray:
+    """float32 ink intensity, light on dark with the background at 0, at a working size.
 
-    The border is nearly all background, so a border brighter than the image's mean means
-    dark ink on a light background. Its median, robust to a stroke touching the edge, is the
-    background level subtracted.
+    A drawing program's canvas, or a scan, is one flat level all round: that level is
+    subtracted, as MNIST's own background was 0. A photo's background is not one level (a
+    page lit unevenly, a shadow across it, a desk around it), which shows on its border:
+    then the background is estimated all over the image (``photo_ink``).
     """
-    pixels = gray.astype(np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    if np.median(border) > pixels.mean():
-        pixels, border = 255 - pixels, 255 - border
-    return np.clip(pixels - np.median(border), 0, None)
+    if min(gray.shape) < MIN_SIDE:
+        raise ImageError(f"image too small ({gray.shape[1]}x{gray.shape[0]} px): "
+                         f"a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
+    work = shrink(gray)
+    dark = has_dark_ink(work)
+    pixels = 255 - work if dark else work
+    border = edge_pixels(pixels)
+    if is_flat(border):
+        return np.clip(pixels - np.median(border), 0, None)
+    return photo_ink(pixels, dark)
+
+
+def photo_ink(pixels: np.ndarray, dark: bool) -> np.ndarray:
+    """The ink above a background estimated locally: what is left without the strokes.
+
+    The background is a morphological opening of the image (``opening``): everything as
+    thin as a stroke is removed, while a shadow's edge, a desk or a lighting gradient stays.
+    The photo's grain (the median left over) is subtracted too. Dark ink is divided by the
+    brightness of the paper under it, as light falling on the page multiplies both: a stroke
+    in shadow keeps the contrast it has in full light.
+    """
+    level = opening(pixels, background_window(pixels))
+    ink = pixels - level
+    ink = np.clip(ink - np.median(ink), 0, None)
+    if dark:
+        paper = 255 - level
+        ink *= 255 / np.maximum(paper, PAPER_FLOOR * np.percentile(paper, 95))
+    return ink
+
+
+def is_flat(border: np.ndarray) -> bool:
+    """Whether the border's pixels are all but one level (within FLAT_BORDER grey levels)."""
+    low, high = np.percentile(border, [10, 90])
+    return bool(high - low <= FLAT_BORDER)
+
+
+def shrink(gray: np.ndarray) -> np.ndarray:
+    """float32 copy of ``gray``, averaged down by a whole factor to at most WORK_SIDE a side.
+
+    The digit ends up 20 px tall: a phone's 4000 px photo holds nothing more that matters,
+    and the filters below cost time in proportion to the pixels.
+    """
+    factor = -(-max(gray.shape) // WORK_SIDE)
+    if factor > 1:
+        gray = np.asarray(Image.fromarray(gray).reduce(factor))
+    return gray.astype(np.float32)
+
+
+def has_dark_ink(gray: np.ndarray) -> bool:
+    """Whether the digit is dark on a lighter background (a page) rather than light on dark.
+
+    The border is mostly background: a border brighter than the mean means dark ink, and a
+    dark border as flat as a drawing program's canvas means light ink. A dark border that
+    varies is a photo's, and may surround a page (paper on a desk, a page whose edges are in
+    shadow): if a bright region too thick to be a stroke covers a good part of the image,
+    it is that page, and the handwriting on it is dark.
+    """
+    border = edge_pixels(gray)
+    if np.median(border) > gray.mean():
+        return True
+    return not is_flat(border) and has_page(gray)
+
+
+def has_page(gray: np.ndarray) -> bool:
+    """Whether a bright region at least a third of the image thick covers PAGE_AREA of it.
+
+    Found on a copy averaged down to about 64 px: a window a third of the image wide is on
+    the page if three quarters of its pixels are brighter than halfway from the border to
+    the page (the digit's strokes are the rest).
+    """
+    factor = -(-max(gray.shape) // COARSE_SIDE)
+    coarse = np.asarray(Image.fromarray(gray).reduce(factor)) if factor > 1 else gray
+    floor = float(np.median(edge_pixels(coarse)))
+    window = odd(min(coarse.shape) * PAGE_WIDTH)
+    eight_bit = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8))
+    bright = np.asarray(eight_bit.filter(ImageFilter.RankFilter(window, window * window // 4)))
+    level = (floor + float(bright.max())) / 2
+    if level - floor < PAGE_CONTRAST / 2:
+        return False
+    centres = (bright > level).astype(np.float32)
+    windows = running(running(centres, window, 0, np.maximum), window, 1, np.maximum)
+    return float(np.mean((windows > 0) & (coarse > level))) >= PAGE_AREA
+
+
+def edge_pixels(image: np.ndarray) -> np.ndarray:
+    """The pixels on the image's four edges."""
+    return np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+
+
+def background_window(pixels: np.ndarray) -> int:
+    """The opening's window: a few times the stroke width, so that strokes go and the page stays.
+
+    The strokes are measured where a wide window (a quarter of the image) finds them; the
+    narrower window then follows a shadow's edge, a desk's texture or a sheet's corner
+    closely, while strokes, even a fat marker's, are still removed whole.
+    """
+    wide = odd(min(pixels.shape) * WIDE_WINDOW)
+    stroke = stroke_width(pixels - opening(pixels, wide))
+    return min(wide, odd(WINDOW_STROKES * stroke))
+
+
+def opening(image: np.ndarray, window: int) -> np.ndarray:
+    """Grey-level opening by a square ``window``: bright features narrower than it removed.
+
+    The image is first extended by its edge pixels, so a region cut by the image's edge
+    counts as wide as it may be beyond it.
+    """
+    if window < 3:
+        return image.astype(np.float32)
+    padded = np.pad(image.astype(np.float32), window, mode="edge")
+    eroded = running(running(padded, window, 0, np.minimum), window, 1, np.minimum)
+    opened = running(running(eroded, window, 0, np.maximum), window, 1, np.maximum)
+    return opened[window:-window, window:-window]
+
+
+def running(image: np.ndarray, window: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (np.minimum or np.maximum) over a centred odd ``window`` along ``axis``.
+
+    van Herk and Gil-Werman's method: prefix and suffix extremes within blocks of the window's
+    length, so the cost does not grow with the window (Pillow's MinFilter grows with its area).
+    Beyond the edges the edge pixels are repeated.
+    """
+    data = np.moveaxis(image, axis, -1)
+    length, radius = data.shape[-1], window // 2
+    blocks = -(-(length + 2 * radius) // window)
+    extra = blocks * window - length - radius
+    padded = np.pad(data, [(0, 0)] * (data.ndim - 1) + [(radius, extra)], mode="edge")
+    chunked = padded.reshape(*padded.shape[:-1], blocks, window)
+    prefix = op.accumulate(chunked, axis=-1).reshape(padded.shape)
+    suffix = op.accumulate(chunked[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)
+    return np.moveaxis(op(suffix[..., :length], prefix[..., window - 1:window - 1 + length]),
+                       -1, axis)
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """The mean width in pixels of the strokes in ``ink``: twice the area over the perimeter.
+
+    Measured on the pixels above half the peak. A stroke of width w and length L has area wL
+    and perimeter about 2L; the perimeter is counted as pixel edges, which overcount a slanted
+    boundary by 4/pi on average over directions.
+    """
+    peak = float(ink.max())
+    if peak <= 0:
+        return 1.0
+    mask = ink >= peak / 2
+    edges = (np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+             + np.count_nonzero(edge_pixels(mask)))
+    return max(1.0, 2 * float(np.count_nonzero(mask)) / (edges * np.pi / 4))
+
+
+def odd(size: float) -> int:
+    """The odd integer nearest ``size``, at least 1."""
+    return max(1, 2 * int(size // 2) + 1)
 
 
 def fit_digit(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, scale its larger side to 20 px, centre its mass in 28x28 (uint8)."""
-    crop = ink[ink_box(ink)]
+    crop = thicken(ink[ink_box(ink)])
     crop = crop * (255 / max(float(crop.max()), 1.0))  # MNIST's ink peaks at 255, whatever the pen
     scale = BOX / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     patch = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.LANCZOS))
     return centre_by_mass(np.clip(patch, 0, 255))
+
+
+def thicken(crop: np.ndarray) -> np.ndarray:
+    """The digit with strokes at least as wide as MNIST's, relative to its size.
+
+    A fine pen's strokes, scaled down with the digit to 20 px, would be a fraction of a pixel
+    wide and faint: nothing like the 2-3 px strokes the model learnt. Strokes thinner than
+    THIN_STROKE (in 20 px units) are widened to MNIST_STROKE by a dilation with a disc, done
+    at 4 times the final scale so that the disc is round and the edges stay antialiased.
+    """
+    units = BOX / max(crop.shape)  # 20 px units per pixel of the crop
+    width = stroke_width(crop) * units
+    if width >= THIN_STROKE:
+        return crop
+    over = DETAIL / BOX  # pixels per 20 px unit at the working scale
+    if max(crop.shape) > DETAIL:
+        size = (max(1, round(crop.shape[1] * units * over)),
+                max(1, round(crop.shape[0] * units * over)))
+        crop = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.BOX))
+        units = 1 / over
+    diameter = (MNIST_STROKE - width) / units
+    return dilate(crop, diameter)
+
+
+def dilate(image: np.ndarray, diameter: float) -> np.ndarray:
+    """Grey-level dilation by a disc of ``diameter`` pixels, the image grown to hold it."""
+    radius = max(0, round((diameter - 1) / 2))
+    padded = np.pad(image, radius)
+    out = padded.copy()
+    height, width = image.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius + radius:
+                shifted = padded[radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+                region = out[radius:radius + height, radius:radius + width]
+                np.maximum(region, shifted, out=region)
+    return out
 
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
@@ -184,6 +384,10 @@ def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
     if peak < MIN_CONTRAST:
         raise ImageError(BLANK)
     rows, cols = np.nonzero(smooth >= INK_FRACTION * peak)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    if max(height, width) < MIN_SIDE:
+        raise ImageError(f"no digit found: the only mark is {width}x{height} px "
+                         f"(a digit needs at least {MIN_SIDE} px)")
     return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
 
 
