@@ -4,16 +4,24 @@
 ``--json`` prints a JSON list instead. A PNG or JPEG of any size is fitted into 28x28 the
 way MNIST itself was made, so the model sees what it was trained on:
 
-1. grayscale; a dark-on-light image is inverted (MNIST digits are light on dark), and the
-   background level is subtracted so it becomes 0, as in MNIST;
-2. crop to the bounding box of the ink, then scale (antialiased) so its larger side is 20 px,
-   keeping the aspect ratio;
-3. paste into a black 28x28 canvas so that the centre of mass of the intensities lands on
+1. grayscale, averaged down to at most 640 px a side; a dark-on-light image is inverted
+   (MNIST digits are light on dark). The polarity comes from the border, unless the border
+   is a photo's dark surround of a page (paper on a desk, a page's shadowed edges): then the
+   ink is the dark writing on that page;
+2. the background becomes 0, as in MNIST: a flat background (a drawing, a scan) is one level
+   subtracted; a photo's is estimated locally, what is left once everything as thin as a
+   stroke is removed, so shadows, light gradients and the desk go, and dark ink is divided by
+   the brightness of the paper under it, so a stroke in shadow keeps its contrast;
+3. crop to the bounding box of the digit's ink (its heaviest mark and those near it); strokes
+   much thinner than MNIST's (a fine pen) are widened to MNIST's width; scale (antialiased)
+   so its larger side is 20 px, keeping the aspect ratio;
+4. paste into a black 28x28 canvas so that the centre of mass of the intensities lands on
    pixel (14, 14) (MNIST's training images average (14.00, 14.01));
-4. normalize exactly as preprocess did, with the mean and std saved with the model.
+5. normalize exactly as preprocess did, with the mean and std saved with the model.
 
-An image that cannot be read, or holds no digit, is reported on stderr (one line naming the
-file) and in the JSON; the others are still predicted, and the exit status is then 1.
+An image that cannot be read, or holds no digit (blank, under 8x8 px, or a mark under 8 px),
+is reported on stderr (one line naming the file) and in the JSON; the others are still
+predicted, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +51,39 @@ INK_FRACTION = 0.3
 # A peak less than this many grey levels above the background is no digit: a blank image.
 MIN_CONTRAST = 16
 BLANK = "no digit found: the image is blank"
+# Images, and marks in them, under this many pixels a side hold no usable digit: at 8 px a
+# stroke is a pixel wide and a 3, 8 or 9 differ by a pixel or two; MNIST draws in 20.
 MIN_SIDE = 8
-WORK_SIDE = 640
+WORK_SIDE = 640  # larger images are averaged down to this (the digit ends up 20 px tall)
+# Finding a page (has_page): on a copy about COARSE_SIDE px wide, a region brighter than the
+# border by PAGE_CONTRAST, three quarters page over windows PAGE_WIDTH of the image wide,
+# covering PAGE_AREA of it. Measured on 300 of each rendering in tests/renderings.py: a
+# sheet on a desk covers 0.14-0.75 of the frame this way, the lit part of a shadowed page
+# 0.11-0.49. Bold MNIST digits light on black reach 0.32 too, so the page test runs only
+# behind a border that varies as a photo's does.
 COARSE_SIDE = 64
-PAGE_WIDTH = 1 / 3
 PAGE_CONTRAST = 24
+PAGE_WIDTH = 1 / 3
 PAGE_AREA = 0.1
+# A border whose 10th and 90th percentiles are this close is flat: a drawing or a scan.
+# MNIST digits saved as JPEG spread up to 5 levels; photos of pages in shadow or on a desk,
+# 23 and more.
 FLAT_BORDER = 10
+# A photo's background (photo_ink): an opening by a window WINDOW_STROKES stroke widths
+# wide, the strokes measured with a window WIDE_WINDOW of the image.
 WIDE_WINDOW = 1 / 4
 WINDOW_STROKES = 3
-PAPER_FLOOR = 0.25
+GRAIN_SIGMAS = 1.5  # noise allowance subtracted from a photo's ink, in standard deviations
+PAPER_FLOOR = 0.25  # dark ink is divided by the paper's brightness, at least this of its top
+# Stroke widths in pixels of the 20 px box, as stroke_width measures them: MNIST's training
+# digits have a median of 2.5 and none under 1.1; thinner strokes are widened to 2.5.
 MNIST_STROKE = 2.5
 THIN_STROKE = 1.0
-DETAIL = 80
-
+DETAIL = 80  # thin strokes are widened at this size of the digit's larger side (4 x 20)
+# The digit's marks (digit_marks): joined on a mask at most MARKS_SIDE px wide; a mark
+# within NEAR of the digit's box (in its larger side) is part of it.
+MARKS_SIDE = 128
+NEAR = 0.25
 
 class ImageError(StageError):
     """An image that cannot be used: reported for that image while the others still run."""
@@ -186,16 +213,34 @@ def photo_ink(pixels: np.ndarray, dark: bool) -> np.ndarray:
 
     The background is a morphological opening of the image (``opening``): everything as
     thin as a stroke is removed, while a shadow's edge, a desk or a lighting gradient stays.
-    The photo's grain (the median left over) is subtracted too. Dark ink is divided by the
-    brightness of the paper under it, as light falling on the page multiplies both: a stroke
-    in shadow keeps the contrast it has in full light.
+    Its window is three stroke widths, the strokes measured on the ink that a window a
+    quarter of the image wide finds.
     """
-    level = opening(pixels, background_window(pixels))
-    ink = pixels - level
-    ink = np.clip(ink - np.median(ink), 0, None)
+    wide = odd(min(pixels.shape) * WIDE_WINDOW)
+    ink = ink_above(pixels, wide, dark)
+    eight_bit = Image.fromarray(np.clip(ink, 0, 255).astype(np.uint8))
+    stroke = stroke_width(np.asarray(eight_bit.filter(ImageFilter.BoxBlur(1)), np.float32))
+    return ink_above(pixels, min(wide, odd(WINDOW_STROKES * stroke)), dark)
+
+
+def ink_above(pixels: np.ndarray, window: int, dark: bool) -> np.ndarray:
+    """The ink above the opening of ``pixels`` by ``window``.
+
+    The photo's grain is subtracted too: the median left over, and GRAIN_SIGMAS times its
+    spread, which most pixels of a blank but grainy page stay under (and which keeps a dark
+    desk's grain from being magnified below). Dark ink is divided by the brightness of the
+    paper under it, as light falling on the page multiplies both: a stroke in shadow keeps
+    the contrast it has in full light. A floor (PAPER_FLOOR of the brightest paper) limits
+    the gain in the darkest parts.
+    """
+    level = opening(pixels, window)
+    rest = pixels - level
+    rest -= np.median(rest)
+    grain = 1.4826 * float(np.median(np.abs(rest)))  # the noise's standard deviation
+    ink = np.clip(rest - GRAIN_SIGMAS * grain, 0, None)
     if dark:
         paper = 255 - level
-        ink *= 255 / np.maximum(paper, PAPER_FLOOR * np.percentile(paper, 95))
+        ink *= 255 / np.maximum(paper, max(PAPER_FLOOR * np.percentile(paper, 95), 1.0))
     return ink
 
 
@@ -258,18 +303,6 @@ def edge_pixels(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
 
 
-def background_window(pixels: np.ndarray) -> int:
-    """The opening's window: a few times the stroke width, so that strokes go and the page stays.
-
-    The strokes are measured where a wide window (a quarter of the image) finds them; the
-    narrower window then follows a shadow's edge, a desk's texture or a sheet's corner
-    closely, while strokes, even a fat marker's, are still removed whole.
-    """
-    wide = odd(min(pixels.shape) * WIDE_WINDOW)
-    stroke = stroke_width(pixels - opening(pixels, wide))
-    return min(wide, odd(WINDOW_STROKES * stroke))
-
-
 def opening(image: np.ndarray, window: int) -> np.ndarray:
     """Grey-level opening by a square ``window``: bright features narrower than it removed.
 
@@ -289,18 +322,22 @@ def running(image: np.ndarray, window: int, axis: int, op: np.ufunc) -> np.ndarr
 
     van Herk and Gil-Werman's method: prefix and suffix extremes within blocks of the window's
     length, so the cost does not grow with the window (Pillow's MinFilter grows with its area).
-    Beyond the edges the edge pixels are repeated.
+    Each step of the scans is one operation on whole rows. Beyond the edges the edge pixels
+    are repeated.
     """
-    data = np.moveaxis(image, axis, -1)
-    length, radius = data.shape[-1], window // 2
+    data = np.moveaxis(image, axis, 0)
+    length, radius = data.shape[0], window // 2
     blocks = -(-(length + 2 * radius) // window)
     extra = blocks * window - length - radius
-    padded = np.pad(data, [(0, 0)] * (data.ndim - 1) + [(radius, extra)], mode="edge")
-    chunked = padded.reshape(*padded.shape[:-1], blocks, window)
-    prefix = op.accumulate(chunked, axis=-1).reshape(padded.shape)
-    suffix = op.accumulate(chunked[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)
-    return np.moveaxis(op(suffix[..., :length], prefix[..., window - 1:window - 1 + length]),
-                       -1, axis)
+    padded = np.pad(data, [(radius, extra)] + [(0, 0)] * (data.ndim - 1), mode="edge")
+    prefix = padded.reshape(blocks, window, -1)
+    suffix = prefix.copy()
+    for step in range(1, window):
+        op(prefix[:, step], prefix[:, step - 1], out=prefix[:, step])
+        op(suffix[:, window - 1 - step], suffix[:, window - step],
+           out=suffix[:, window - 1 - step])
+    prefix, suffix = prefix.reshape(padded.shape), suffix.reshape(padded.shape)
+    return np.moveaxis(op(suffix[:length], prefix[window - 1:window - 1 + length]), 0, axis)
 
 
 def stroke_width(ink: np.ndarray) -> float:
@@ -340,20 +377,21 @@ def thicken(crop: np.ndarray) -> np.ndarray:
     A fine pen's strokes, scaled down with the digit to 20 px, would be a fraction of a pixel
     wide and faint: nothing like the 2-3 px strokes the model learnt. Strokes thinner than
     THIN_STROKE (in 20 px units) are widened to MNIST_STROKE by a dilation with a disc, done
-    at 4 times the final scale so that the disc is round and the edges stay antialiased.
+    at DETAIL px (4 times the final scale) so that the disc is round and the edges stay
+    antialiased. The crop is brought to that size by the maximum of each block, not the
+    mean, so a thin stroke stays a full-strength line instead of a faint, uneven one.
     """
-    units = BOX / max(crop.shape)  # 20 px units per pixel of the crop
-    width = stroke_width(crop) * units
-    if width >= THIN_STROKE:
+    if stroke_width(crop) * BOX / max(crop.shape) >= THIN_STROKE:
         return crop
-    over = DETAIL / BOX  # pixels per 20 px unit at the working scale
-    if max(crop.shape) > DETAIL:
-        size = (max(1, round(crop.shape[1] * units * over)),
-                max(1, round(crop.shape[0] * units * over)))
-        crop = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.BOX))
-        units = 1 / over
-    diameter = (MNIST_STROKE - width) / units
-    return dilate(crop, diameter)
+    factor = max(1, max(crop.shape) // DETAIL)
+    height, width = -(-crop.shape[0] // factor), -(-crop.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), np.float32)
+    padded[:crop.shape[0], :crop.shape[1]] = crop
+    pooled = padded.reshape(height, factor, width, factor).max(axis=(1, 3))
+    # a disc of diameter d widens strokes by d and the digit's box by d too: solve
+    # w + d = MNIST_STROKE * (side + d) / BOX for d
+    share = MNIST_STROKE / BOX
+    return dilate(pooled, (share * max(pooled.shape) - stroke_width(pooled)) / (1 - share))
 
 
 def dilate(image: np.ndarray, diameter: float) -> np.ndarray:
@@ -372,23 +410,105 @@ def dilate(image: np.ndarray, diameter: float) -> np.ndarray:
 
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice]:
-    """The rows and columns holding the ink; an ImageError if there is none.
+    """The rows and columns holding the digit's ink; an ImageError if there is none.
 
     Ink is found on a copy blurred over 1 % of the image's size, so that scattered noise (a
     photo's grain, JPEG artefacts) averages out while strokes stay; it is what exceeds
-    ``INK_FRACTION`` of the blurred peak.
+    ``INK_FRACTION`` of the blurred peak. Of that, the digit is the connected mark holding
+    the most ink, with the marks near it (``digit_marks``): a sheet's edge, a desk's grain
+    or a speck elsewhere in a photo does not stretch the box.
     """
     eight_bit = Image.fromarray(np.clip(ink, 0, 255).astype(np.uint8))
     smooth = np.asarray(eight_bit.filter(ImageFilter.BoxBlur(max(ink.shape) / 100)))
     peak = int(smooth.max())
     if peak < MIN_CONTRAST:
         raise ImageError(BLANK)
-    rows, cols = np.nonzero(smooth >= INK_FRACTION * peak)
-    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    rows, cols = np.nonzero(digit_marks(smooth >= INK_FRACTION * peak, smooth))
+    box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    height, width = extent(ink[box] >= INK_FRACTION * ink[box].max())
     if max(height, width) < MIN_SIDE:
         raise ImageError(f"no digit found: the only mark is {width}x{height} px "
                          f"(a digit needs at least {MIN_SIDE} px)")
-    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    return box
+
+
+def extent(mask: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the box holding the True pixels of ``mask`` (at least one)."""
+    rows, cols = np.nonzero(mask)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def digit_marks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The part of ``mask`` that is the digit: its heaviest connected mark and those near it.
+
+    Marks are joined on a copy of the mask pooled to at most MARKS_SIDE px a side (so a
+    broken stroke's gap of a pixel or two does not split it); a mark belongs to the digit if
+    its box comes within NEAR of the digit's box, in units of that box's larger side.
+    """
+    factor = -(-max(mask.shape) // MARKS_SIDE)
+    height, width = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), bool)
+    padded[:mask.shape[0], :mask.shape[1]] = mask
+    pooled = padded.reshape(height, factor, width, factor).any(axis=(1, 3))
+    labels = label(pooled)
+    heavy = np.bincount(labels.ravel(), weights=pool_sum(weight * mask, factor, pooled.shape))
+    heavy[0] = 0
+    boxes = {n: box_of(labels == n) for n in np.unique(labels) if n}
+    chosen = {int(heavy.argmax())}
+    grown = True
+    while grown:
+        top, left, bottom, right = merged(boxes[n] for n in chosen)
+        margin = NEAR * max(bottom - top, right - left)
+        near = {n for n, (t, lf, b, r) in boxes.items()
+                if t <= bottom + margin and b >= top - margin
+                and lf <= right + margin and r >= left - margin}
+        grown = not near <= chosen
+        chosen |= near
+    keep = np.isin(labels, sorted(chosen))
+    full = np.repeat(np.repeat(keep, factor, axis=0), factor, axis=1)
+    return mask & full[:mask.shape[0], :mask.shape[1]]
+
+
+def label(mask: np.ndarray) -> np.ndarray:
+    """Connected regions of ``mask`` (8-connected) numbered by a pixel of each; 0 elsewhere.
+
+    Each pixel takes the smallest number among its neighbours, then the number its number's
+    pixel holds (pointer jumping), until nothing changes: a few dozen vectorised passes.
+    """
+    height, width = mask.shape
+    none = height * width
+    labels = np.where(mask, np.arange(none).reshape(mask.shape), none)
+    while True:
+        padded = np.pad(labels, 1, constant_values=none)
+        least = labels.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.minimum(least, padded[dy:dy + height, dx:dx + width], out=least)
+        least = np.where(mask, least, none)
+        flat = np.append(least.ravel(), none)
+        jumped = flat[flat[:-1]].reshape(mask.shape)
+        if np.array_equal(jumped, labels):
+            return np.where(mask, labels + 1, 0)
+        labels = jumped
+
+
+def pool_sum(image: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Sums over ``factor`` x ``factor`` blocks, padded with zeros to ``shape`` blocks."""
+    padded = np.zeros((shape[0] * factor, shape[1] * factor), np.float64)
+    padded[:image.shape[0], :image.shape[1]] = image
+    return padded.reshape(shape[0], factor, shape[1], factor).sum(axis=(1, 3)).ravel()
+
+
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the True pixels, inclusive."""
+    rows, cols = np.nonzero(mask)
+    return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
+
+
+def merged(boxes: Iterable[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The smallest box holding all ``boxes``."""
+    tops, lefts, bottoms, rights = zip(*boxes, strict=True)
+    return min(tops), min(lefts), max(bottoms), max(rights)
 
 
 def centre_by_mass(patch: np.ndarray) -> np.ndarray:
