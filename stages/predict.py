@@ -214,7 +214,9 @@ def photo_ink(pixels: np.ndarray, dark: bool) -> np.ndarray:
     The background is a morphological opening of the image (``opening``): everything as
     thin as a stroke is removed, while a shadow's edge, a desk or a lighting gradient stays.
     Its window is three stroke widths, the strokes measured on the ink that a window a
-    quarter of the image wide finds.
+    quarter of the image wide finds, lightly blurred so that the speckled edge of a stroke
+    in a grainy shadow does not count as perimeter. A narrower window follows a shadow's
+    edge, a desk's texture and a sheet's corners more closely.
     """
     wide = odd(min(pixels.shape) * WIDE_WINDOW)
     ink = ink_above(pixels, wide, dark)
@@ -235,12 +237,13 @@ def ink_above(pixels: np.ndarray, window: int, dark: bool) -> np.ndarray:
     """
     level = opening(pixels, window)
     rest = pixels - level
-    rest -= np.median(rest)
-    grain = 1.4826 * float(np.median(np.abs(rest)))  # the noise's standard deviation
+    rest -= np.median(rest[::2, ::2])  # statistics on every fourth pixel: as good, faster
+    grain = 1.4826 * float(np.median(np.abs(rest[::2, ::2])))  # the noise's std deviation
     ink = np.clip(rest - GRAIN_SIGMAS * grain, 0, None)
     if dark:
         paper = 255 - level
-        ink *= 255 / np.maximum(paper, max(PAPER_FLOOR * np.percentile(paper, 95), 1.0))
+        top = float(np.percentile(paper[::2, ::2], 95))
+        ink *= 255 / np.maximum(paper, max(PAPER_FLOOR * top, 1.0))
     return ink
 
 
@@ -254,9 +257,10 @@ def shrink(gray: np.ndarray) -> np.ndarray:
     """float32 copy of ``gray``, averaged down by a whole factor to at most WORK_SIDE a side.
 
     The digit ends up 20 px tall: a phone's 4000 px photo holds nothing more that matters,
-    and the filters below cost time in proportion to the pixels.
+    and the filters below cost time in proportion to the pixels. A long thin image keeps
+    MIN_SIDE px across.
     """
-    factor = -(-max(gray.shape) // WORK_SIDE)
+    factor = min(-(-max(gray.shape) // WORK_SIDE), min(gray.shape) // MIN_SIDE)
     if factor > 1:
         gray = np.asarray(Image.fromarray(gray).reduce(factor))
     return gray.astype(np.float32)
@@ -357,7 +361,7 @@ def stroke_width(ink: np.ndarray) -> float:
 
 
 def odd(size: float) -> int:
-    """The odd integer nearest ``size``, at least 1."""
+    """``size`` made an odd integer (2 * floor(size / 2) + 1), at least 1."""
     return max(1, 2 * int(size // 2) + 1)
 
 
@@ -441,9 +445,9 @@ def extent(mask: np.ndarray) -> tuple[int, int]:
 def digit_marks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """The part of ``mask`` that is the digit: its heaviest connected mark and those near it.
 
-    Marks are joined on a copy of the mask pooled to at most MARKS_SIDE px a side (so a
-    broken stroke's gap of a pixel or two does not split it); a mark belongs to the digit if
-    its box comes within NEAR of the digit's box, in units of that box's larger side.
+    Marks are found on a copy of the mask pooled to at most MARKS_SIDE px a side (any pixel
+    of a block), which is quick; a mark belongs to the digit if its box comes within NEAR of
+    the digit's box, in units of that box's larger side, so a 5's detached bar still does.
     """
     factor = -(-max(mask.shape) // MARKS_SIDE)
     height, width = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
@@ -453,7 +457,7 @@ def digit_marks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
     labels = label(pooled)
     heavy = np.bincount(labels.ravel(), weights=pool_sum(weight * mask, factor, pooled.shape))
     heavy[0] = 0
-    boxes = {n: box_of(labels == n) for n in np.unique(labels) if n}
+    boxes = mark_boxes(labels)
     chosen = {int(heavy.argmax())}
     grown = True
     while grown:
@@ -499,10 +503,20 @@ def pool_sum(image: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarr
     return padded.reshape(shape[0], factor, shape[1], factor).sum(axis=(1, 3)).ravel()
 
 
-def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the True pixels, inclusive."""
-    rows, cols = np.nonzero(mask)
-    return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
+def mark_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """{number: (top, left, bottom, right)} of each numbered region, inclusive."""
+    numbered = labels > 0
+    rows, cols = np.nonzero(numbered)
+    numbers = labels[numbered]
+    count = int(labels.max()) + 1
+    tops, lefts = np.full(count, labels.size), np.full(count, labels.size)
+    bottoms, rights = np.full(count, -1), np.full(count, -1)
+    np.minimum.at(tops, numbers, rows)
+    np.minimum.at(lefts, numbers, cols)
+    np.maximum.at(bottoms, numbers, rows)
+    np.maximum.at(rights, numbers, cols)
+    return {int(n): (int(tops[n]), int(lefts[n]), int(bottoms[n]), int(rights[n]))
+            for n in np.unique(numbers)}
 
 
 def merged(boxes: Iterable[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
