@@ -24,6 +24,7 @@ from stages.model import build_model, load_model, predict_log_probs, save_model
 from stages.predict import ImageError, load_image, main, predict_files, to_model_input
 from stages.prepared import Normalization, normalize
 from tests.conftest import REPO_ROOT
+from tests.renderings import RENDERINGS, SUFFIX, render_file
 
 # Tests on real digits need real MNIST and a trained model: the e2e pipeline makes them
 # where `dvc repro` has not run in this checkout.
@@ -343,3 +344,213 @@ def test_a_real_28x28_digit_is_refitted_almost_unchanged(real_digits, tmp_path):
         assert np.abs(centre_of_mass(fitted)[0] - centre_of_mass(image)[0]) <= 1
         assert np.abs(centre_of_mass(fitted)[1] - centre_of_mass(image)[1]) <= 1
         assert max(ink_extent(fitted)) in (19, 20, 21)
+
+
+# --- images with no usable digit ---------------------------------------------------------
+
+def one_dark_pixel(size: int) -> np.ndarray:
+    image = np.full((size, size), 255, np.uint8)
+    image[size // 2, size // 2] = 0
+    return image
+
+
+def speck(size: int, side: int) -> np.ndarray:
+    image = np.full((size, size), 255, np.uint8)
+    image[size // 3:size // 3 + side, size // 2:size // 2 + side] = 0
+    return image
+
+
+@pytest.mark.parametrize(("name", "image", "reason"), [
+    ("dot3.png", one_dark_pixel(3), "image too small (3x3 px)"),
+    ("dot7.png", one_dark_pixel(7), "image too small (7x7 px)"),
+    ("strip.png", draw_seven(size=(7, 60), offset=(0, 5)), "image too small (60x7 px)"),
+    ("dot50.png", one_dark_pixel(50), "no digit found: the only mark is 1x1 px"),
+    ("speck.jpg", speck(400, 5), "no digit found: the only mark is 5x5 px"),
+])
+def test_an_image_too_small_to_hold_a_digit_is_refused_in_one_line(
+        name, image, reason, tiny_model, two_sevens, tmp_path, capsys):
+    """A digit drawn in under 8 px has strokes a pixel wide: a 3 is an 8 by a pixel or two."""
+    tiny = save(tmp_path / name, image)
+
+    status = run_main([str(two_sevens[0]), str(tiny), str(two_sevens[1]), "--json",
+                       "--model", str(tiny_model)])
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {tiny}: {reason}")
+    results = json.loads(out)
+    assert set(results[1]) == {"image", "error"}
+    assert "digit" in results[0] and "digit" in results[2]
+
+
+def test_a_digit_of_8_px_is_still_read(tmp_path):
+    image = Image.new("L", (12, 12), 255)
+    ImageDraw.Draw(image).line([(2, 2), (8, 2), (4, 9)], fill=0, width=1)
+
+    fitted = load_image(save(tmp_path / "small.png", np.asarray(image)))
+
+    assert max(ink_extent(fitted)) == 20
+
+
+@pytest.mark.parametrize("shadowed", [False, True])
+def test_a_blank_grainy_photo_is_reported_not_predicted(shadowed, tmp_path):
+    """A photo's grain and its uneven light are no digit, though they are not one level."""
+    rng = np.random.default_rng(1)
+    page = 200 + rng.normal(0, 12, (240, 300)) + np.linspace(-20, 20, 300)
+    if shadowed:
+        page[:, 150:] *= 0.45
+    photo = save(tmp_path / "blank.jpg", np.clip(page, 0, 255).astype(np.uint8), quality=85)
+
+    with pytest.raises(ImageError, match="no digit found: the image is blank"):
+        load_image(photo)
+
+
+# --- photos and pen drawings, on synthetic sevens (always run) ------------------------------
+
+def stroke_weight(fitted: np.ndarray) -> float:
+    """Mean stroke width of a fitted digit: ink (in units of 255) per pixel of its centre line.
+
+    The centre line is approximated by the ink's extent along its rows and columns: a stroke
+    of width w and length L holds about w * L ink.
+    """
+    ink = fitted.astype(np.float64) / 255
+    length = np.count_nonzero(ink.max(axis=1) > 0.5) + np.count_nonzero(ink.max(axis=0) > 0.5)
+    return ink.sum() / length
+
+
+def aligned_correlation(fitted: np.ndarray, reference: np.ndarray) -> float:
+    """The correlation of two fitted digits, the best over shifts of up to a pixel each way.
+
+    Centring is by whole pixels, as MNIST's was: a centre of mass half a pixel off in the
+    source may land a pixel off, which alone takes a thin seven's correlation to about 0.5.
+    """
+    return max(np.corrcoef(np.roll(fitted, (dy, dx), axis=(0, 1)).ravel(), reference.ravel())[0, 1]
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def test_thin_pen_strokes_are_widened_to_mnist_weight(tmp_path):
+    """A 2 px pen on a 400 px page, scaled to 20 px, would be a faint fifth of a pixel."""
+    def seven(width: int) -> np.ndarray:
+        image = Image.new("L", (400, 400), 255)
+        ImageDraw.Draw(image).line([(80, 60), (300, 60), (160, 340)], fill=0, width=width)
+        return np.asarray(image)
+
+    thin = load_image(save(tmp_path / "thin.png", seven(2)))
+    mnist_weight = load_image(save(tmp_path / "marker.png", seven(36)))  # 2.5 px of 20
+
+    assert thin.max() > 200  # unwidened, a 2 px line peaks near 40 at 20 px
+    assert 0.8 < stroke_weight(thin) / stroke_weight(mnist_weight) < 1.25
+    assert aligned_correlation(thin, mnist_weight) > 0.85
+
+
+def clean_seven(tmp_path: Path) -> np.ndarray:
+    """The 60x40 px seven of ``draw_seven`` fitted from a clean drawing: the reference."""
+    return load_image(save(tmp_path / "clean.png", draw_seven()))
+
+
+def paste_seven(page: np.ndarray, top: int, left: int, ink: float) -> np.ndarray:
+    """``page`` with draw_seven's seven written on it at (top, left), ink multiplying it."""
+    cover = draw_seven().astype(np.float64) / 255
+    written = page.copy()
+    region = written[top:top + cover.shape[0], left:left + cover.shape[1]]
+    region *= 1 - (1 - ink) * cover
+    return written
+
+
+def test_paper_on_a_dark_desk_is_read_as_dark_writing_on_the_paper(tmp_path):
+    """The desk makes the border dark: the page in the middle is what the digit is on."""
+    rng = np.random.default_rng(2)
+    rows, cols = np.indices((300, 400))
+    desk = 45 + 15 * np.sin(cols / 23) * np.cos(rows / 31) + rng.normal(0, 4, rows.shape)
+    sheet = Image.new("L", (190, 200), 215).rotate(8, expand=True, fillcolor=0)
+    photo = desk.copy()
+    on_sheet = np.asarray(sheet) > 0
+    photo[40:40 + on_sheet.shape[0], 120:120 + on_sheet.shape[1]][on_sheet] = 215
+    photo = paste_seven(photo, 90, 180, ink=0.25)
+    path = save(tmp_path / "desk.jpg", np.clip(photo, 0, 255).astype(np.uint8), quality=85)
+
+    fitted = load_image(path)
+
+    reference = clean_seven(tmp_path)
+    assert ink_extent(fitted > 64) == pytest.approx(ink_extent(reference > 64), abs=1)
+    assert aligned_correlation(fitted, reference) > 0.9
+
+
+@pytest.mark.parametrize("dark_side", ["left", "right"])
+def test_a_hard_shadow_through_the_digit_is_no_ink(dark_side, tmp_path):
+    """Half the page, half the seven with it, gets 40 % of the light, and a gradient more."""
+    page = np.full((240, 300), 225.0) * np.linspace(1.0, 0.7, 300)
+    page = paste_seven(page, 80, 120, ink=0.2)
+    shadow = slice(0, 145) if dark_side == "left" else slice(145, None)
+    page[:, shadow] *= 0.4
+    rng = np.random.default_rng(3)
+    photo = np.clip(page + rng.normal(0, 3, page.shape), 0, 255).astype(np.uint8)
+
+    fitted = load_image(save(tmp_path / "shadow.jpg", photo, quality=85))
+
+    reference = clean_seven(tmp_path)
+    assert ink_extent(fitted > 64) == pytest.approx(ink_extent(reference > 64), abs=1)
+    assert aligned_correlation(fitted, reference) > 0.9
+
+
+# --- real MNIST digits in hard renderings (need `dvc repro`) --------------------------------
+
+# Measured with the default model on the first 200 test digits it gets right in prepared
+# form, rendered by tests/renderings.py as below: thin pen 198, paper on a desk 197, shadowed
+# page 199 (before this predict fitted photos and pens: 32, 17 and 21). On the next 500 such
+# digits: 97.0 %, 97.4 % and 97.8 %. The floors leave room for another trained model.
+RENDERING_FLOORS = {"thin_pen": 190, "paper_on_desk": 188, "shadowed_page": 188}
+
+
+@pytest.fixture(scope="module")
+def first_right_digits(trained_project: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, images, labels) of the first 200 test digits the model gets right as is."""
+    project = Layout(trained_project)
+    images = read_idx(project.raw / "t10k-images-idx3-ubyte", 3, (28, 28))
+    labels = read_idx(project.raw / "t10k-labels-idx1-ubyte", 1).astype(int)
+    model, _, normalization = load_model(project.model)
+    inputs = to_model_input(images[:400], *normalization)
+    predicted = predict_log_probs(model, inputs, batch_size=400).argmax(1).numpy()
+    right = np.flatnonzero(predicted == labels[:400])[:200]
+    return right, images[right], labels[right]
+
+
+@needs_real_data
+@pytest.mark.parametrize("kind", sorted(RENDERING_FLOORS))
+def test_real_digits_in_hard_renderings_are_recognised(kind, first_right_digits, tmp_path,
+                                                       trained_project):
+    indices, images, labels = first_right_digits
+    paths = [render_file(tmp_path / f"{index:04d}{SUFFIX[kind]}", image, kind, int(index))
+             for index, image in zip(indices, images, strict=True)]
+
+    results = predict_files(paths, Layout(trained_project).model)
+
+    assert all("digit" in r for r in results)
+    correct = sum(r["digit"] == label for r, label in zip(results, labels, strict=True))
+    assert correct >= RENDERING_FLOORS[kind]
+
+
+def test_renderings_are_deterministic():
+    """The same digit and seed give the same image, another seed another image."""
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255  # a plain 1
+    for kind, render in RENDERINGS.items():
+        first = render(digit, np.random.default_rng(5))
+        assert first.dtype == np.uint8 and min(first.shape) >= 300, kind
+        assert np.array_equal(first, render(digit, np.random.default_rng(5))), kind
+        assert not np.array_equal(first, render(digit, np.random.default_rng(6))), kind
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@needs_real_data
+def test_the_shipped_example_digits_are_recognised(trained_project):
+    examples = sorted((REPO_ROOT / "digits").glob("*.*"))
+    assert len(examples) >= 4
+
+    results = predict_files(examples, Layout(trained_project).model)
+
+    for path, result in zip(examples, results, strict=True):
+        assert result.get("digit") == DIGIT_NAMES.index(path.stem.split("-")[0]), result
+        assert path.stat().st_size < 50_000
