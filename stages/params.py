@@ -70,9 +70,11 @@ class TrainParams:
     epochs: int = _bounded(2, ge=1)
     batch_size: int = _bounded(256, ge=1)
     optimizer: OptimizerName = "adam"
-    lr: float = _bounded(0.025, gt=0)
+    lr: float = _bounded(0.03, gt=0)
     momentum: float = _bounded(0.9, ge=0, lt=1)
     weight_decay: float = _bounded(0.0, ge=0)
+    label_smoothing: float = _bounded(0.05, ge=0, lt=1)
+    shift: int = _bounded(1, ge=0, le=3)
     schedule: ScheduleName = "onecycle"
     warmup_fraction: float = _bounded(0.25, gt=0, lt=1)
     step_gamma: float = _bounded(0.7, gt=0, le=1)

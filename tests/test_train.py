@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stages.checkpoint import ResumeStore
 from stages.errors import StageError
@@ -18,7 +19,7 @@ from stages.prepared import read_split
 from stages.runtime import to_device
 from stages.torch_io import torch_load_verified
 from stages.train import train
-from stages.training import Trainer, make_optimizer, make_scheduler
+from stages.training import Trainer, make_optimizer, make_scheduler, shifted, smoothed_nll
 from tests.conftest import with_train, write_params
 
 OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
@@ -244,3 +245,33 @@ def test_without_a_terminal_each_epoch_is_one_clean_line(project, tiny_params, c
     assert "\r" not in out  # no progress bar redraws in CI logs
     assert [line.split(" loss")[0] for line in out.splitlines()] == \
         ["train: epoch 1/2", "train: epoch 2/2"]
+
+
+def test_shifted_moves_each_image_by_its_own_offset():
+    images = torch.randn(5, 1, 28, 28)
+    offsets = torch.tensor([[-1, 0, 1, 1, -1], [0, 1, -1, 1, -1]])
+    moved = shifted(images, offsets)
+    for index in range(5):
+        expected = torch.roll(images[index], shifts=(-int(offsets[0, index]),
+                                                     -int(offsets[1, index])), dims=(1, 2))
+        assert torch.equal(moved[index], expected)
+
+
+def test_label_smoothing_is_cross_entropy_with_smoothed_targets():
+    logits = torch.randn(8, 10)
+    targets = torch.randint(0, 10, (8,))
+    loss, nll = smoothed_nll(logits.log_softmax(1), targets, 0.05)
+    assert torch.allclose(loss, F.cross_entropy(logits, targets, label_smoothing=0.05))
+    assert torch.allclose(nll, F.cross_entropy(logits, targets))
+    plain, _ = smoothed_nll(logits.log_softmax(1), targets, 0.0)
+    assert plain is _  # no smoothing: the NLL itself, not a recomputation
+
+
+def test_without_shifts_or_smoothing_the_augmentation_generator_is_untouched(project,
+                                                                            tiny_params):
+    params = with_train(tiny_params, shift=0, label_smoothing=0.0)
+    trainer = Trainer(params.train, "compact",
+                      to_device(read_split(project.prepared, "train")), torch.device("cpu"))
+    before = trainer.augment.get_state()
+    trainer.run_epoch()
+    assert torch.equal(trainer.augment.get_state(), before)
