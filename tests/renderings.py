@@ -225,7 +225,7 @@ EXAMPLES = (
     ("one-thin-pen.png", "thin_pen", 2),
     ("zero-in-shadow.jpg", "shadowed_page", 3),
     ("four-thin-pen.png", "thin_pen", 4),
-    ("nine-on-paper.jpg", "paper_on_desk", 7),
+    ("nine-on-paper.jpg", "paper_on_desk", 9),
 )
 
 
