@@ -280,17 +280,19 @@ def mcnemar_exact(fixed: int, broken: int) -> float:
 
 
 def format_p(p: float) -> str:
-    return "1" if p >= 1 else f"{p:.2f}" if p >= 0.01 else f"{p:.3f}" if p >= 0.001 \
-        else f"{p:.1e}"
+    """``p = 0.48``, ``p = 0.0031``, ``p < 0.0001``: two significant digits are enough."""
+    return "p = 1" if p >= 1 else f"p = {p:.2f}" if p >= 0.01 else f"p = {p:.2g}" \
+        if p >= 0.0001 else "p < 0.0001"
 
 
 def verdict(fixed: int, broken: int, p: float) -> str:
+    """One line; ``p`` below ALPHA counts as evidence, in the direction of the larger count."""
     if fixed == broken == 0:
         kind = "no change"
     else:
         kind = ("no evidence of a change" if p >= ALPHA else
                 "evidence of an improvement" if fixed > broken else "evidence of a regression")
-    return f"{kind} (p = {format_p(p)}): {fixed} fixed, {broken} broken"
+    return f"{kind} ({format_p(p)}): {fixed} fixed, {broken} broken"
 
 
 def verdict_of(result: Review) -> str | None:
@@ -303,19 +305,22 @@ def render_charts(plots: dict[str, list[dict]], labels: dict[str, str]) -> dict[
     (no browser, no CDN), with the revisions renamed by ``labels``."""
     import vl_convert
 
-    def relabel(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: relabel(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [relabel(value) for value in node]
-        return labels.get(node, node) if isinstance(node, str) else node
-
     charts = {}
     for plot_id, entries in plots.items():
-        for spec in (relabel(e["content"]) for e in entries if e.get("type") == "vega"):
+        for spec in (relabel(e["content"], labels) for e in entries if e.get("type") == "vega"):
             title = (spec.get("title") or {}).get("text") or plot_id
             charts[title] = vl_convert.vegalite_to_png(spec, scale=1.5)
     return charts
+
+
+def relabel(node: Any, labels: dict[str, str]) -> Any:
+    """``node`` with every string that ``labels`` names replaced: DVC labels a revision by
+    what it was given (a commit hash here), and the charts should say which side it is."""
+    if isinstance(node, dict):
+        return {key: relabel(value, labels) for key, value in node.items()}
+    if isinstance(node, list):
+        return [relabel(value, labels) for value in node]
+    return labels.get(node, node) if isinstance(node, str) else node
 
 
 def change_grids(comparison: Comparison, actual: np.ndarray, old_predicted: np.ndarray,
@@ -412,7 +417,10 @@ def render_report(r: Review) -> str:
             ["broken (base right, workspace wrong)", str(len(c.broken))],
             ["wrong on both", str(c.shared)]]), "",
             f"McNemar's exact test on the {len(c.fixed) + len(c.broken)} images that changed "
-            f"sides: two-sided p = {format_p(c.p)}; below {ALPHA} counts as evidence.", ""]
+            f"sides: two-sided {format_p(c.p)}; below {ALPHA} counts as evidence.", ""]
+        if len(c.fixed) or len(c.broken):
+            out += [f"The grids of these digits below are captioned true digit>{r.base}'s "
+                    f"prediction>the workspace's (the first {GRID_LIMIT} of each).", ""]
     old_acc, new_acc = (r.old.get("eval.json") or {}).get("accuracy"), \
         (r.new["eval.json"] or {}).get("accuracy")
     out += spread_line(r.spread, r.images, None if old_acc is None or new_acc is None
@@ -422,9 +430,6 @@ def render_report(r: Review) -> str:
         if data:
             out += [f"### {title[:1].upper()}{title[1:]}", "", f"![{title}]({file_name(title)})",
                     ""]
-    if c is not None and (len(c.fixed) or len(c.broken)):
-        out += [f"Digits captioned true>{r.base}'s prediction>the workspace's (the first "
-                f"{GRID_LIMIT} of each).", ""]
     return "\n".join(out)
 
 
