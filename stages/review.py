@@ -480,7 +480,7 @@ def seed_spread(shown: list[dict], machine_name: str) -> dict[str, Any]:
             accuracy = section(rev, "metrics", "metrics/eval.json").get("accuracy")
             differ = {k for k in baseline.keys() | params.keys()
                       if baseline.get(k) != params.get(k)}
-            if differ <= {"train.seed"} and accuracy is not None:
+            if differ <= {"train.seed"} and None not in (accuracy, params.get("train.seed")):
                 by_seed[str(params["train.seed"])] = accuracy
     if len(by_seed) < 2:
         raise StageError("fewer than two experiments differ from their commit in train.seed "

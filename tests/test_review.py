@@ -390,12 +390,18 @@ OUTPUTS = ("eval.json", "train.json", "train_history.csv", "predictions.csv", "p
 def reviewed(pipeline, tmp_path_factory):
     """On the pipeline's repository: branch review-lr (train.lr 0.02, committed) checked out;
     review-other-machine: main's code and params with the lr run's metrics committed, as if
-    main had been run elsewhere; review-old: main without metrics/predictions.csv."""
+    main had been run elsewhere; review-old: main without metrics/predictions.csv;
+    review-broken: main with a params.yaml that fails. Afterwards main is checked out again,
+    and the branches, the experiment and the run-cache entries made here are gone."""
     repo, _ = pipeline
     index = tmp_path_factory.mktemp("index") / "index"
+    runs = repo.root / ".dvc" / "cache" / "runs"
+    seen_runs = set(runs.rglob("*"))
     repo.git("checkout", "-q", "-b", "review-lr")
+    experiment = None
     try:
-        repo.dvc("exp", "run", "-S", "train.lr=0.02")
+        ran = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout
+        experiment = re.search(r"Ran experiment\(s\): (\S+)", ran).group(1)
         repo.commit("train.lr 0.02")
         lr_files = {f"metrics/{name}": (repo.root / "metrics" / name).read_bytes()
                     for name in OUTPUTS}
@@ -403,12 +409,20 @@ def reviewed(pipeline, tmp_path_factory):
             repo, "main", "main's numbers from another machine", lr_files, index))
         repo.git("branch", "review-old", commit_tree(
             repo, "main", "before predictions.csv", {"metrics/predictions.csv": None}, index))
+        params = (repo.root / "params.yaml").read_text().replace("epochs: 1", "epochs: abc")
+        repo.git("branch", "review-broken", commit_tree(
+            repo, "main", "a base that cannot run", {"params.yaml": params.encode()}, index))
         yield SimpleNamespace(repo=repo, status=repo.git("status", "--porcelain").stdout)
     finally:
         repo.git("checkout", "-q", "-f", "main")
-        for branch in ("review-lr", "review-other-machine", "review-old"):
+        for branch in ("review-lr", "review-other-machine", "review-old", "review-broken"):
             repo.run("git", "branch", "-D", branch, check=False)
         repo.dvc("checkout", "--force")
+        if experiment:
+            repo.dvc("exp", "remove", experiment)
+        for path in set(runs.rglob("*")) - seen_runs:  # other tests count run-cache entries
+            if path.is_file():
+                path.unlink()
         assert repo.git("status", "--porcelain").stdout == ""
 
 
@@ -554,3 +568,19 @@ def test_bad_input_is_one_line_and_changes_nothing(reviewed, tmp_path, case, arg
     assert after == before
     assert not (tmp_path / "review").exists()
     assert repo.git("worktree", "list").stdout.count("\n") == 1
+
+
+@pytest.mark.e2e
+def test_a_failed_rerun_ends_in_one_error_and_removes_its_worktree(reviewed, tmp_path):
+    repo = reviewed.repo
+    done = run_review(repo, "--base", "review-broken", "--rerun", "--out", str(tmp_path / "r"))
+    assert done.returncode != 0
+    assert "train.epochs must be an integer" in done.stderr  # dvc repro's own output first
+    assert done.stderr.strip().splitlines()[-1] == ("error: dvc repro of the base failed in "
+                                                    "its temporary worktree (its output is "
+                                                    "above)")
+    worktree = re.search(r"dvc repro of \w+ in (\S+)", done.stderr).group(1)
+    assert not Path(worktree).exists()
+    assert repo.git("worktree", "list").stdout.count("\n") == 1
+    assert repo.git("status", "--porcelain").stdout == reviewed.status
+    assert not (tmp_path / "r").exists()
