@@ -74,7 +74,7 @@ class Review:
     images: int = 10000  # test images
     spread: dict | None = None  # docs/seed_spread.json
     notes: list[str] = field(default_factory=list)
-    charts: dict[str, bytes] = field(default_factory=dict)  # title: PNG
+    charts: dict[str, bytes | None] = field(default_factory=dict)  # title: PNG, or absent
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -127,9 +127,9 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
     if rerun:
         result.source = (f"recomputed on this machine (dvc repro of {base} in a temporary "
                          "worktree sharing this repository's DVC cache)")
-    result.charts = render_charts(plots.get("data", {}), {rev: base + " (rerun)" * rerun})
-    result.charts[f"misclassified digits, {base}"] = old_png
-    result.charts["misclassified digits, workspace"] = read_bytes(layout.misclassified)
+    result.charts = {**render_charts(plots.get("data", {}), {rev: base + " (rerun)" * rerun}),
+                     f"misclassified digits, {base}": old_png,
+                     "misclassified digits, workspace": read_bytes(layout.misclassified)}
     if old_csv is None:
         result.notes.append(f"{base} has no metrics/predictions.csv (an older commit?): no "
                             "image-by-image comparison")
@@ -296,6 +296,7 @@ def verdict(fixed: int, broken: int, p: float) -> str:
 
 
 def verdict_of(result: Review) -> str | None:
+    """The verdict, or None where the base had no predictions to compare."""
     c = result.comparison
     return verdict(len(c.fixed), len(c.broken), c.p) if c else None
 
@@ -339,6 +340,8 @@ def change_grids(comparison: Comparison, actual: np.ndarray, old_predicted: np.n
 
 def digit_grid(images: np.ndarray, picks: np.ndarray, captions: list[str], columns: int = 10,
                tile: int = 56, caption: int = 14) -> bytes:
+    """A PNG of the chosen test digits at 2x, as raw bytes (evaluate's grid needs torch and
+    normalized data; review reads the raw IDX file and stays torch-free)."""
     grid = Image.new("L", (columns * tile, max(1, -(-len(picks) // columns)) * (tile + caption)))
     draw = ImageDraw.Draw(grid)
     for slot, (index, text) in enumerate(zip(picks, captions, strict=True)):
@@ -352,23 +355,26 @@ def digit_grid(images: np.ndarray, picks: np.ndarray, captions: list[str], colum
 
 
 def file_name(title: str) -> str:
+    """A chart's file in the report folder, stable across runs for links and CI artifacts."""
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png"
 
 
 def number(value: Any, signed: bool = False) -> str:
+    """A metric as JSON holds it (at most 6 decimals: the stages round to 6), or a dash."""
     if isinstance(value, float):
         return f"{value:{'+' if signed else ''}.6f}".rstrip("0").rstrip(".")
     return "—" if value is None else f"{value:+d}" if signed else str(value)
 
 
 def metric_rows(old: dict | None, new: dict | None) -> list[list[str]]:
+    """One row per key of either side, so a metric added or dropped shows as a dash."""
     old, new = old or {}, new or {}
     rows = []
     for key in [*new, *(k for k in old if k not in new)]:
         a, b = old.get(key), new.get(key)
         both = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
-        rows.append([key, number(a), number(b), number(round(b - a, 6) if both else None,
-                                                       signed=both)])
+        change = round(b - a, 6) if both else None  # type: ignore[operator]
+        rows.append([key, number(a), number(b), number(change, signed=both)])
     return rows
 
 
@@ -477,7 +483,8 @@ def seed_spread(shown: list[dict], machine_name: str) -> dict[str, Any]:
         for experiment in commit.get("experiments") or []:
             rev = experiment["revs"][0]
             params = flat(section(rev, "params", "params.yaml"))
-            accuracy = section(rev, "metrics", "metrics/eval.json").get("accuracy")
+            accuracy: float | None = section(rev, "metrics", "metrics/eval.json").get(
+                "accuracy")
             differ = {k for k in baseline.keys() | params.keys()
                       if baseline.get(k) != params.get(k)}
             if differ <= {"train.seed"} and None not in (accuracy, params.get("train.seed")):
