@@ -487,8 +487,9 @@ def seed_spread(shown: list[dict], machine_name: str) -> dict[str, Any]:
                 "accuracy")
             differ = {k for k in baseline.keys() | params.keys()
                       if baseline.get(k) != params.get(k)}
-            if differ <= {"train.seed"} and None not in (accuracy, params.get("train.seed")):
-                by_seed[str(params["train.seed"])] = accuracy
+            seed = params.get("train.seed")
+            if differ <= {"train.seed"} and accuracy is not None and seed is not None:
+                by_seed[str(seed)] = accuracy
     if len(by_seed) < 2:
         raise StageError("fewer than two experiments differ from their commit in train.seed "
                          "alone: run a seed sweep first (make seed-spread)")
