@@ -9,26 +9,22 @@ and support per digit) and ``metrics/misclassified.png``, a grid of the digits i
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from stages.artifacts import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from stages.errors import run_stage
 from stages.layout import Layout
 from stages.model import load_model, score
 from stages.params import EvaluateParams, load_params
+from stages.pictures import digit_grid, png_bytes
 from stages.prepared import Normalization, read_split
 from stages.runtime import configure_torch, select_device, to_device
 
 DIGITS = range(10)
 SCORES = ("precision", "recall", "f1")  # per digit
 PREDICTION_COLUMNS = ("image", "actual", "predicted", "probability")
-GRID_COLUMNS = 10
-GRID_SCALE = 2  # each 28x28 digit drawn at 56x56
-CAPTION_HEIGHT = 14
 
 
 def main(layout: Layout = Layout()) -> None:
@@ -90,24 +86,10 @@ def misclassified_grid(images: torch.Tensor, actual: np.ndarray, predicted: np.n
                        normalization: Normalization, limit: int = 100) -> Image.Image:
     """The first ``limit`` misclassified test digits, each captioned "true>predicted"."""
     wrong = np.flatnonzero(actual != predicted)[:limit]
-    tile = 28 * GRID_SCALE
-    rows = max(1, -(-len(wrong) // GRID_COLUMNS))
-    grid = Image.new("L", (GRID_COLUMNS * tile, rows * (tile + CAPTION_HEIGHT)))
-    draw = ImageDraw.Draw(grid)
-    for slot, index in enumerate(wrong):
-        ink = images[index, 0] * normalization.std + normalization.mean
-        pixels = ink.mul(255).round().clamp(0, 255).byte()
-        digit = Image.fromarray(pixels.numpy()).resize((tile, tile), Image.Resampling.NEAREST)
-        x, y = (slot % GRID_COLUMNS) * tile, (slot // GRID_COLUMNS) * (tile + CAPTION_HEIGHT)
-        grid.paste(digit, (x, y))
-        draw.text((x + 14, y + tile + 1), f"{actual[index]}>{predicted[index]}", fill=255)
-    return grid
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    ink = images[wrong, 0] * normalization.std + normalization.mean  # back to the bytes
+    pixels = ink.mul(255).round().clamp(0, 255).byte().numpy()
+    return digit_grid(pixels, range(len(wrong)),
+                      [f"{actual[i]}>{predicted[i]}" for i in wrong])
 
 
 if __name__ == "__main__":

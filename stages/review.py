@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw
 
 from stages.artifacts import write_bytes_atomic, write_json_atomic
 from stages.errors import StageError, run_stage
 from stages.idx import read_idx
 from stages.layout import Layout
+from stages.pictures import digit_grid, png_bytes
 
 ALPHA = 0.05  # a McNemar p below this is called evidence of a change
 GRID_LIMIT = 50  # digits per grid of fixed and broken images
@@ -332,26 +332,10 @@ def change_grids(comparison: Comparison, actual: np.ndarray, old_predicted: np.n
     except StageError as err:
         notes.append(f"no grids of the fixed and broken digits: {err}")
         return {}
-    return {f"digits the change {verb}": digit_grid(images, picks[:GRID_LIMIT], [
-        f"{actual[i]}>{old_predicted[i]}>{predicted[i]}" for i in picks[:GRID_LIMIT]])
+    return {f"digits the change {verb}": png_bytes(digit_grid(images, picks[:GRID_LIMIT], [
+        f"{actual[i]}>{old_predicted[i]}>{predicted[i]}" for i in picks[:GRID_LIMIT]]))
         for verb, picks in (("fixed", comparison.fixed), ("broke", comparison.broken))
         if len(picks)}
-
-
-def digit_grid(images: np.ndarray, picks: np.ndarray, captions: list[str], columns: int = 10,
-               tile: int = 56, caption: int = 14) -> bytes:
-    """A PNG of the chosen test digits at 2x, as raw bytes (evaluate's grid needs torch and
-    normalized data; review reads the raw IDX file and stays torch-free)."""
-    grid = Image.new("L", (columns * tile, max(1, -(-len(picks) // columns)) * (tile + caption)))
-    draw = ImageDraw.Draw(grid)
-    for slot, (index, text) in enumerate(zip(picks, captions, strict=True)):
-        x, y = (slot % columns) * tile, (slot // columns) * (tile + caption)
-        grid.paste(Image.fromarray(images[index]).resize((tile, tile), Image.Resampling.NEAREST),
-                   (x, y))
-        draw.text((x + 8, y + tile + 1), text, fill=255)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def file_name(title: str) -> str:

@@ -11,13 +11,11 @@ import torch
 
 from stages.errors import StageError
 from stages.evaluate import (
-    CAPTION_HEIGHT,
-    GRID_COLUMNS,
-    GRID_SCALE,
     evaluate,
     misclassified_grid,
     per_class_scores,
 )
+from stages.pictures import CAPTION_HEIGHT, COLUMNS, SCALE
 from stages.prepared import Normalization
 from stages.train import train
 
@@ -103,11 +101,11 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
 
     grid = misclassified_grid(images, actual, predicted, Normalization(0.0, 1.0))
 
-    tile = 28 * GRID_SCALE
-    assert grid.size == (GRID_COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
+    tile = 28 * SCALE
+    assert grid.size == (COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
     pixels = np.asarray(grid)
     for slot, index in enumerate(wrong):
-        drawn = pixels[:tile, slot * tile:(slot + 1) * tile][::GRID_SCALE, ::GRID_SCALE]
+        drawn = pixels[:tile, slot * tile:(slot + 1) * tile][::SCALE, ::SCALE]
         expected = (images[index, 0] * 255).round().byte().numpy()
         assert np.array_equal(drawn, expected)
     assert not pixels[:, 3 * tile:].any()  # nothing drawn after the third tile
