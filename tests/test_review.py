@@ -22,7 +22,11 @@ from scipy.stats import binomtest
 from stages import review
 from stages.errors import StageError
 from stages.idx import encode_idx
+from stages.params import Params
 from stages.review import Comparison, Review
+
+# the committed default learning rate, as the params table prints it
+DEFAULT_LR = f"{Params().train.lr:g}"
 
 # --- McNemar, counting, verdict --------------------------------------------------------------
 COUNTS = [0, 1, 2, 3, 5, 6, 7, 11, 19, 25, 30, 49, 50, 120, 333]
@@ -473,7 +477,7 @@ def test_review_of_a_learning_rate_change_against_main(reviewed, tmp_path):
     done = run_review(repo, "--base", "main", "--out", str(tmp_path / "review"))
     assert done.returncode == 0, done.stderr
     report, summary = check_report(repo, tmp_path / "review", "main")
-    assert table_rows(report, "### Params") == {"train.lr": ["0.025", "0.02"]}
+    assert table_rows(report, "### Params") == {"train.lr": [DEFAULT_LR, "0.02"]}
     assert "No pipeline code changed." in report
     assert "Base numbers: committed at main, made on another machine maybe" in report
     assert summary["fixed"] + summary["broken"] > 0  # a different lr moves some images
@@ -527,7 +531,7 @@ def test_a_base_without_predictions_gives_one_line_and_the_rest(reviewed, tmp_pa
         f"note: {note}: no image-by-image comparison"]
     report = (tmp_path / "review" / "report.md").read_text()
     assert note in report and "Verdict" not in report
-    assert table_rows(report, "### Params") == {"train.lr": ["0.025", "0.02"]}
+    assert table_rows(report, "### Params") == {"train.lr": [DEFAULT_LR, "0.02"]}
     assert set(table_rows(report, "### metrics/eval.json")) >= {"accuracy", "errors"}
     for name in re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report):
         assert_png_not_blank(tmp_path / "review" / name)
