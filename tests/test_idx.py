@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 
 import numpy as np
@@ -151,13 +150,11 @@ def test_an_enormous_header_is_refused_before_any_data_is_read(tmp_path, monkeyp
 
     monkeypatch.setattr(np, "fromfile", no_data_read)
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         message = refused(path, 3, (28, 28), match="truncated")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < 1.0
     assert peak < 1 << 20  # nothing near the 3 TB the header claims
     assert "4000000000x28x28" in message
 

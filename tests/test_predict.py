@@ -22,7 +22,7 @@ from stages.idx import read_idx
 from stages.layout import Layout
 from stages.model import build_model, load_model, predict_log_probs, save_model
 from stages.predict import ImageError, load_image, main, predict_files, to_model_input
-from stages.prepared import Normalization, normalize
+from stages.prepared import Normalization
 from tests.conftest import REPO_ROOT
 from tests.renderings import RENDERINGS, SUFFIX, render_file
 
@@ -251,12 +251,6 @@ def test_a_drawing_on_a_transparent_background(ink, tmp_path):
 
     expected = load_image(save(tmp_path / "plain.png", mask))
     assert np.abs(fitted.astype(int) - expected).max() <= 2
-
-
-def test_model_input_is_normalized_exactly_as_preprocess_does():
-    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    assert np.array_equal(to_model_input(images, 0.1307, 0.3081).numpy(),
-                          normalize(images, 0.1307, 0.3081))
 
 
 # --- real MNIST digits rendered as image files (need `dvc repro`) ---------------------------

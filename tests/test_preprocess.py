@@ -91,8 +91,6 @@ def test_write_read_round_trip_is_bit_identical_and_digest_tracks_pixels(
     assert loaded.images.dtype == np.float32
     assert loaded.labels.dtype == np.int64
     digest = split_digest(tmp_path / "a", "train")
-    assert len(digest) == 64
-    assert set(digest) <= set("0123456789abcdef")
 
     # same input, written again over itself and into another directory: the same bytes
     write_split(tmp_path / "a", "train", images, labels)
