@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw
 from stages.errors import run_stage
 from stages.idx import read_idx
 from stages.layout import Layout
-from stages.model import build_model, load_model, predict_log_probs, save_model
+from stages.model import CHECKPOINT_KIND, build_model, load_model, predict_log_probs, save_model
 from stages.predict import ImageError, load_image, main, predict_files, to_model_input
 from stages.prepared import Normalization
+from stages.torch_io import torch_save_verified
 from tests.conftest import REPO_ROOT
 from tests.renderings import RENDERINGS, SUFFIX, render_file
 
@@ -88,6 +89,31 @@ def two_sevens(tmp_path: Path) -> list[Path]:
 
 
 # --- the plumbing, on synthetic images (always run) -----------------------------------------
+
+
+@pytest.mark.parametrize(("what", "expected"), [
+    ("text", "not a file written by this project (no checksum header)"),
+    ("checkpoint", "a training checkpoint, not a model saved by the train stage"),
+    ("directory", "is a directory, not a file"),
+    ("damaged", "checksum mismatch (damaged, truncated or tampered with)"),
+])
+def test_a_model_that_is_not_one_is_one_line_and_exit_1(tiny_model, two_sevens, tmp_path,
+                                                        capsys, what, expected):
+    model = tmp_path / "model"
+    if what == "text":
+        model.write_text("these are not weights\n")
+    elif what == "checkpoint":
+        torch_save_verified(model, {"kind": CHECKPOINT_KIND})
+    elif what == "directory":
+        model.mkdir()
+    else:  # a 4 KiB block zeroed
+        data = bytearray(tiny_model.read_bytes())
+        data[-4096 - 64:-64] = bytes(4096)
+        model.write_bytes(bytes(data))
+    assert run_main(["--model", str(model), str(two_sevens[0])]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {model}: {expected}" + (
+        " (that is data/model/model.pt)\n" if what == "checkpoint" else "\n")
 
 def test_json_lists_predictions_and_errors_in_order(tiny_model, two_sevens, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "missing.png"
