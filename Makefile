@@ -31,7 +31,7 @@ lint: install
 test: lint
 	pytest
 
-# the unit tests only: synthetic data, no dvc, no download, no killed processes (~1 min)
+# the unit tests only: synthetic data, no dvc, no download, no killed processes (~25 s)
 test-fast: lint
 	pytest -m "not e2e and not processes"
 

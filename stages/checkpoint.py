@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from stages.errors import StageError, os_error
 from stages.model import CHECKPOINT_KIND
 from stages.params import Params
@@ -27,9 +29,11 @@ from stages.sources import code_digest
 from stages.torch_io import torch_load_verified, torch_save_verified
 
 
-def run_fingerprint(params: Params, *data_digests: str) -> str:
-    """Identifies everything a run's numbers depend on: params, data and code."""
+def run_fingerprint(params: Params, device: torch.device, *data_digests: str) -> str:
+    """Identifies everything a run's numbers depend on: params, the device they ran on (not
+    just ``auto``), torch's version, data and code."""
     described = {"train": dataclasses.asdict(params.train), "model": params.model.net,
+                 "device": device.type, "torch": torch.__version__,
                  "data": data_digests, "code": code_digest("train")}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -50,7 +54,7 @@ class ResumeStore:
 
     def load(self) -> dict[str, Any] | None:
         """This run's saved state, if any; any other run's is deleted."""
-        for other in sorted(self.directory.glob("*")):
+        for other in sorted(self.directory.glob("train-*.pt")):
             if other != self.path:
                 print(f"train: dropping {other}, the unfinished run of other params, data or "
                       "code", file=sys.stderr)

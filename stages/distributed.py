@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from stages.params import TrainParams
 
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+LAUNCHER_PID = "MNIST_DVC_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,11 @@ def join(cfg: TrainParams, device: torch.device) -> Group:
                          f"run with -S train.nproc={world} (params describe the run)")
     group = Group(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
-        torch.cuda.set_device(group.local_rank)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                         device_id=device if device.type == "cuda" else None)
+        gpu = local_device(group, device)  # NCCL wants the device with its index
+        torch.cuda.set_device(gpu)
+        torch.distributed.init_process_group("nccl", device_id=gpu)
+    else:
+        torch.distributed.init_process_group("gloo")
     return group
 
 
@@ -154,6 +158,7 @@ def launch(cfg: TrainParams, module: str) -> None:
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))  # else torchrun warns, sets 1
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the workers' parent: see die_with_parent
     if "LOGLEVEL" not in os.environ:  # torchrun's own way to ask for its logs
         # it logs each failure at length; the workers and WorkerFailed say it in one line
         for name in list(logging.Logger.manager.loggerDict):
@@ -191,14 +196,20 @@ class WorkerFailed(StageError):
         return 1 in self.exit_codes.values()
 
 
+# What gloo and NCCL say when the process at the other end of a collective has gone
+PEER_GONE = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|"
+                       r"remote process exited|NCCL communicator was aborted")
+
+
 def lost_peer(err: BaseException) -> bool:
-    """Whether ``err`` came out of a torch.distributed call (a collective whose peer died)."""
+    """Whether ``err`` is a collective failing because a peer process died, rather than a
+    fault of this process (which then keeps its traceback)."""
     frames = []
     traceback = err.__traceback__
     while traceback is not None:
         frames.append(traceback.tb_frame.f_code.co_filename)
         traceback = traceback.tb_next
-    return isinstance(err, RuntimeError) and any(
+    return isinstance(err, RuntimeError) and bool(PEER_GONE.search(str(err))) and any(
         f"{os.sep}torch{os.sep}" in name and "distributed" in name for name in frames)
 
 
@@ -223,5 +234,6 @@ def die_with_parent() -> None:
     prctl: Callable[..., int] | None = getattr(libc, "prctl", None)
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the launcher died before the request took effect
-        os._exit(1)
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher and os.getppid() != int(launcher):  # it died before the request took effect
+        os._exit(PEER_LOST)

@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from stages.artifacts import write_bytes_atomic, write_json_atomic
-from stages.errors import StageError, run_stage
+from stages.errors import StageError, corrupt_file, run_stage
 from stages.idx import read_idx
 from stages.layout import Layout
 from stages.pictures import digit_grid, png_bytes
@@ -119,8 +119,9 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
                             f"{', '.join(stale)}): run dvc repro first")
     with (recomputed(sha) if rerun else contextlib.nullcontext(sha)) as rev, \
             tempfile.TemporaryDirectory(prefix="review-plots-") as scratch:
-        result.old = {name: json.loads(data) if (data := git_show(rev, f"metrics/{name}"))
-                      else None for name in METRIC_FILES}
+        result.old = {name: read_json(f"{base}:metrics/{name}", data)
+                      if (data := git_show(rev, f"metrics/{name}")) else None
+                      for name in METRIC_FILES}
         old_csv, old_png = (git_show(rev, f"metrics/{name}")
                             for name in ("predictions.csv", "misclassified.png"))
         plots = json.loads(command("dvc", "plots", "diff", rev, "--json", "-o", scratch))
@@ -185,8 +186,17 @@ def read_bytes(path: Path) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_json(path: Path | str, data: bytes | None = None) -> Any:
+    """The JSON in ``data`` (or the file ``path``); None if there is none; a StageError
+    naming ``path`` if it is not JSON."""
+    if data is None:
+        if not Path(path).is_file():
+            return None
+        data = Path(path).read_bytes()
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise corrupt_file(path, err) from None
 
 
 def stale_stages() -> list[str]:
@@ -368,7 +378,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def spread_line(spread: dict | None, images: int, change: float | None) -> list[str]:
     """The noise band beside the difference: how far seeds alone move the accuracy."""
-    if not spread or len(spread.get("accuracy_by_seed", {})) < 2:
+    if not isinstance(spread, dict) or len(spread.get("accuracy_by_seed", {})) < 2 \
+            or not {"min", "max"} <= set(spread):
         return []
     seeds = sorted(int(seed) for seed in spread["accuracy_by_seed"])
     named = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) \

@@ -37,8 +37,8 @@ def share(remote: str | None = None) -> tuple[int, int]:
 
     try:
         with Repo() as repo:
-            repo.push(remote=remote, run_cache=True)
-            records = repo.stage_cache.push(remote)
+            repo.push(remote=remote)  # the workspace's outputs, as dvc push
+            records = repo.stage_cache.push(remote)  # the run-cache, as dvc push --run-cache
             pushed = 0
             for objects in repo.stage_cache.get_used_objs(records).values():
                 result = repo.cloud.push(objects, remote=remote)

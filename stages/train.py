@@ -77,7 +77,7 @@ def train(params: Params, layout: Layout) -> list[dict[str, float]]:
     cfg = params.train
     check_data(params, layout)
     device = select_device(cfg.device)
-    group = distributed.join(cfg, device)
+    group = distributed.join(cfg, device)  # (under torchrun: one GPU per process)
     try:
         return _train(params, layout, group, distributed.local_device(group, device))
     finally:
@@ -90,7 +90,7 @@ def _train(params: Params, layout: Layout, group: Group,
     configure_torch(cfg.threads, device)
     train_set = to_device(read_split(layout.prepared, "train"), device)
     test_set = to_device(read_split(layout.prepared, "test"), device)
-    fingerprint = run_fingerprint(params, split_digest(layout.prepared, "train"),
+    fingerprint = run_fingerprint(params, device, split_digest(layout.prepared, "train"),
                                   split_digest(layout.prepared, "test"))
     if len(set(group.gather(fingerprint))) > 1:
         raise StageError("the training processes disagree on params, data or code "
@@ -107,6 +107,7 @@ def _train(params: Params, layout: Layout, group: Group,
         if group.is_main:
             print(f"train: resuming from {store.path} after epoch {len(history)}")
 
+    state = None
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         started = time.perf_counter()
         stats = trainer.run_epoch(f"epoch {epoch}/{cfg.epochs}")
@@ -122,7 +123,8 @@ def _train(params: Params, layout: Layout, group: Group,
                   f"({time.perf_counter() - started:.1f} s)", flush=True)
         group.barrier()
 
-    state = trainer.state_dict()
+    if state is None:  # resumed from a state whose epochs were all done
+        state = trainer.state_dict()
     if group.is_main:
         save_model(layout.model, params.model.net, trainer.model,
                    read_normalization(layout.prepared))

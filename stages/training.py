@@ -128,6 +128,7 @@ class Trainer:
             # dropout on a GPU draws from the device's own generator
             "rng_cuda": self.group.gather(torch.cuda.get_rng_state(self.device))
             if cuda else None,
+            "rng_mps": torch.mps.get_rng_state() if self.device.type == "mps" else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -141,6 +142,8 @@ class Trainer:
         torch.set_rng_state(state["rng_global"][self.group.rank])
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"][self.group.rank], self.device)
+        elif self.device.type == "mps":
+            torch.mps.set_rng_state(state["rng_mps"])
 
 
 def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor,

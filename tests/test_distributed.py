@@ -12,10 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from stages.distributed import Group, check_process_count
-from stages.errors import StageError
 from stages.layout import Layout
 from stages.params import Params, parse_params
 from tests.conftest import REPO_ROOT, make_project, write_params
@@ -179,19 +176,6 @@ def test_bad_data_is_refused_before_the_workers_start(tmp_path):
     assert hashes(layout) == before
 
 
-@pytest.mark.parametrize(("nproc", "device", "gpus", "expected"), [
-    (64, "cpu", 0, "train.nproc is 64 but this machine has"),
-    (3, "cuda", 2, "train.nproc is 3 but only 2 CUDA device(s) are visible"),
-    (2, "mps", 0, "train.nproc > 1 needs the cpu or cuda device, not mps"),
-])
-def test_more_processes_than_the_machine_has_is_one_line(monkeypatch, nproc, device, gpus,
-                                                         expected):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    with pytest.raises(StageError) as info:
-        check_process_count(nproc, torch.device(device))
-    assert expected in str(info.value) and "\n" not in str(info.value)
-
-
 def test_nproc_beyond_the_cores_is_refused_before_anything_starts(tmp_path):
     layout = project(tmp_path, with_nproc(DDP, 64))
     failed = start(layout)
@@ -200,10 +184,3 @@ def test_nproc_beyond_the_cores_is_refused_before_anything_starts(tmp_path):
     assert err.startswith("error: train.nproc is 64 but this machine has ") and \
         err.count("\n") == 1
     assert not layout.model_dir.exists() and not layout.resume.exists()
-
-
-def test_each_rank_takes_a_contiguous_share_of_the_global_batch():
-    batch = torch.arange(10)
-    shares = [Group(rank, 3).share(batch).tolist() for rank in range(3)]
-    assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert Group().share(batch) is batch

@@ -588,3 +588,14 @@ def test_a_failed_rerun_ends_in_one_error_and_removes_its_worktree(reviewed, tmp
     assert repo.git("worktree", "list").stdout.count("\n") == 1
     assert repo.git("status", "--porcelain").stdout == reviewed.status
     assert not (tmp_path / "r").exists()
+
+
+def test_a_metrics_file_that_is_not_json_is_one_line_naming_it(tmp_path):
+    broken = tmp_path / "eval.json"
+    broken.write_text('{"accuracy": 0.99,')
+    with pytest.raises(StageError, match=r"eval\.json: unreadable or corrupt"):
+        review.read_json(broken)
+    with pytest.raises(StageError, match=r"^main:metrics/eval\.json: unreadable or corrupt"):
+        review.read_json("main:metrics/eval.json", b"not json")
+    assert review.read_json(tmp_path / "absent.json") is None
+    assert review.spread_line({"accuracy_by_seed": {"0": 0.99, "1": 0.98}}, 10000, 0.0) == []

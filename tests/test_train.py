@@ -275,3 +275,15 @@ def test_without_shifts_or_smoothing_the_augmentation_generator_is_untouched(pro
     before = trainer.augment.get_state()
     trainer.run_epoch()
     assert torch.equal(trainer.augment.get_state(), before)
+
+
+def test_a_net_with_dropout_resumes_exactly_too(project, tiny_params, tmp_path, capsys):
+    """The seed net draws dropout masks from the global generator: resume restores it."""
+    params = Params(train=with_train(tiny_params, epochs=3).train,
+                    model=type(tiny_params.model)(net="seed"))
+    clean = project_like(project, tmp_path / "clean", params)
+    train(params, clean)
+    interrupted(params, project)
+    train(params, project)
+    assert "resuming from" in capsys.readouterr().out
+    assert output_hashes(project) == output_hashes(clean)

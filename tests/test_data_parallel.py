@@ -1,0 +1,93 @@
+"""Data-parallel training without processes: the arithmetic and the set-up, in one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from stages import distributed
+from stages.distributed import Group, check_process_count, join
+from stages.errors import StageError
+from stages.model import NETS
+from stages.params import TrainParams
+from stages.runtime import TensorSplit
+from stages.training import Trainer
+
+
+def test_each_rank_takes_a_contiguous_share_of_the_global_batch():
+    batch = torch.arange(10)
+    shares = [Group(rank, 3).share(batch).tolist() for rank in range(3)]
+    assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert Group().share(batch) is batch
+
+
+class Linear(nn.Module):
+    """No BatchNorm: a share's gradient then depends on its images alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.linear(x.flatten(1)), dim=1)
+
+
+class OneOfTwo(Group):
+    """A rank of a world of two, without DDP: the test averages the gradients itself."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+def test_unequal_shares_average_to_the_global_batch_gradient(monkeypatch):
+    monkeypatch.setitem(NETS, "linear", Linear)
+    cfg = TrainParams(lr=1e-9, label_smoothing=0.05, shift=0, device="cpu")
+    images, labels = torch.randn(5, 1, 28, 28), torch.tensor([3, 1, 4, 1, 5])
+    data = TensorSplit(images, labels)
+    whole = Trainer(cfg, "linear", data, torch.device("cpu"))
+    whole.step(images, labels, 5)
+    gradients = []
+    for rank in range(2):  # shares of 3 and 2 images, as Group.share cuts them
+        trainer = Trainer(cfg, "linear", data, torch.device("cpu"), OneOfTwo(rank, 2))
+        mine = OneOfTwo(rank, 2).share(torch.arange(5))
+        trainer.step(images[mine], labels[mine], 5)
+        gradients.append([p.grad for p in trainer.model.parameters()])
+    for expected, *shares in zip((p.grad for p in whole.model.parameters()), *gradients,
+                                 strict=True):
+        torch.testing.assert_close(sum(shares) / 2, expected)  # what DDP's all-reduce does
+
+
+def test_each_process_gets_its_own_gpu(monkeypatch):
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "die_with_parent", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.update(set=device))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kwargs: seen.update(backend=backend, **kwargs))
+    group = join(TrainParams(nproc=2), torch.device("cuda"))
+    assert (group.rank, group.world, group.local_rank) == (1, 2, 1)
+    assert seen == {"set": torch.device("cuda", 1), "backend": "nccl",
+                    "device_id": torch.device("cuda", 1)}  # NCCL refuses a device sans index
+
+
+def test_a_world_that_params_do_not_describe_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(distributed, "die_with_parent", lambda: None)
+    with pytest.raises(StageError, match=r"torchrun started 4 processes but train\.nproc is 2"):
+        join(TrainParams(nproc=2), torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("nproc", "device", "gpus", "expected"), [
+    (64, "cpu", 0, "train.nproc is 64 but this machine has"),
+    (3, "cuda", 2, "train.nproc is 3 but only 2 CUDA device(s) are visible"),
+    (2, "mps", 0, "train.nproc > 1 needs the cpu or cuda device, not mps"),
+])
+def test_more_processes_than_the_machine_has_is_one_line(monkeypatch, nproc, device, gpus,
+                                                         expected):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(StageError) as info:
+        check_process_count(nproc, torch.device(device))
+    assert expected in str(info.value) and "\n" not in str(info.value)
