@@ -13,6 +13,7 @@ from stages.model import NETS
 from stages.params import TrainParams
 from stages.runtime import TensorSplit
 from stages.training import Trainer
+from tests.test_model import TinyNet
 
 
 def test_each_rank_takes_a_contiguous_share_of_the_global_batch():
@@ -20,17 +21,6 @@ def test_each_rank_takes_a_contiguous_share_of_the_global_batch():
     shares = [Group(rank, 3).share(batch).tolist() for rank in range(3)]
     assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert Group().share(batch) is batch
-
-
-class Linear(nn.Module):
-    """No BatchNorm: a share's gradient then depends on its images alone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(28 * 28, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.linear(x.flatten(1)), dim=1)
 
 
 class OneOfTwo(Group):
@@ -41,7 +31,7 @@ class OneOfTwo(Group):
 
 
 def test_unequal_shares_average_to_the_global_batch_gradient(monkeypatch):
-    monkeypatch.setitem(NETS, "linear", Linear)
+    monkeypatch.setitem(NETS, "linear", TinyNet)  # no BatchNorm: a share's gradient is its own
     cfg = TrainParams(lr=1e-9, label_smoothing=0.05, shift=0, device="cpu")
     images, labels = torch.randn(5, 1, 28, 28), torch.tensor([3, 1, 4, 1, 5])
     data = TensorSplit(images, labels)
