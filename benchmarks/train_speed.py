@@ -19,7 +19,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -35,8 +34,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages.model import build_model, score
-from stages.params import Params, params_yaml, parse_params
+from stages.params import Params, params_yaml, with_train
 from stages.prepared import read_split
+from stages.review import machine
 from stages.runtime import TensorSplit, configure_torch, to_device
 from stages.train import SCORE_BATCH_SIZE
 from stages.training import Trainer
@@ -110,10 +110,6 @@ def workdir(params: Params, links: Sequence[str]) -> Iterator[Path]:
 def run_stage(name: str, params: Params, links: Sequence[str]) -> Process:
     with workdir(params, links) as root:
         return run([sys.executable, "-m", f"stages.{name}"], root)
-
-
-def with_train(params: Params, **train: Any) -> Params:
-    return parse_params({"train": {**vars(params.train), **train}})
 
 
 # --- in process: the stage's own loop through its hook ------------------------------------
@@ -313,9 +309,8 @@ def render(results: dict[str, Any], quick: bool) -> str:
     lines = [
         "# Training benchmark", "",
         f"Written by `python -m benchmarks.train_speed{' --quick' if quick else ''}` on "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {cpu()}, "
-        f"{os.cpu_count()} logical CPUs, torch {torch.__version__}. A shared machine: rerun "
-        "to refresh; compare only numbers from one run.", "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: {machine()}. "
+        "A shared machine: rerun to refresh; compare only numbers from one run.", "",
         *(["> **Quick mode**: one run, one seed; it checks the plumbing, not the numbers.",
            ""] if quick else []),
         "## Targets", "", "| target | measured | result |", "|---|---|---|",
@@ -356,14 +351,6 @@ def render(results: dict[str, Any], quick: bool) -> str:
         results["profile"], "",
     ]
     return "\n".join(lines)
-
-
-def cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -100,6 +100,12 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
+def with_train(params: Params, **changes: Any) -> Params:
+    """``params`` with some ``train`` keys changed, checked against the schema."""
+    return parse_params({**dataclasses.asdict(params), "train": {
+        **dataclasses.asdict(params.train), **changes}}, source="with_train")
+
+
 def params_yaml(params: Params) -> str:
     """``params`` as params.yaml text (what tests and the benchmark write for a stage)."""
     plain = json.loads(json.dumps(dataclasses.asdict(params)))  # tuples become lists

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +115,3 @@ def trained_project(request) -> Path:
     return repo.root
 
 
-def with_train(params: Params, **changes: object) -> Params:
-    """``params`` with some ``train`` keys changed."""
-    return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))

@@ -13,9 +13,9 @@ from benchmarks.train_speed import (
     time_to_accuracy,
 )
 from stages.model import score
+from stages.params import with_train
 from stages.prepared import read_split
 from stages.runtime import to_device
-from tests.conftest import with_train
 
 STAGE_STDOUT = """\
 train: resuming from data/resume/train-0123.pt after epoch 0

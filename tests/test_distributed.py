@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stages.layout import Layout
-from stages.params import Params, parse_params
+from stages.params import Params, parse_params, with_train
 from tests.conftest import REPO_ROOT, make_project, write_params
 
 pytestmark = [pytest.mark.processes,
@@ -26,10 +26,6 @@ DDP = parse_params({"train": {"epochs": EPOCHS, "batch_size": 64, "threads": 1,
                               "device": "cpu", "nproc": 2}})
 OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TQDM_DISABLE": "1"}
-
-
-def with_nproc(params: Params, nproc: int) -> Params:
-    return parse_params({"train": {**vars(params.train), "nproc": nproc}})
 
 
 def project(root: Path, params: Params = DDP) -> Layout:
@@ -154,7 +150,7 @@ def test_a_state_written_by_two_processes_is_dropped_by_one(tmp_path):
     launcher.communicate(timeout=60)
     (state,) = layout.resume.iterdir()
 
-    write_params(layout.params, with_nproc(DDP, 1))
+    write_params(layout.params, with_train(DDP, nproc=1))
     rerun = start(layout)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
@@ -164,7 +160,7 @@ def test_a_state_written_by_two_processes_is_dropped_by_one(tmp_path):
 
 
 def test_bad_data_is_refused_before_the_workers_start(tmp_path):
-    layout = project(tmp_path, with_nproc(DDP, 1))
+    layout = project(tmp_path, with_train(DDP, nproc=1))
     finish(start(layout))
     before = hashes(layout)
     write_params(layout.params, DDP)
@@ -177,7 +173,7 @@ def test_bad_data_is_refused_before_the_workers_start(tmp_path):
 
 
 def test_nproc_beyond_the_cores_is_refused_before_anything_starts(tmp_path):
-    layout = project(tmp_path, with_nproc(DDP, 64))
+    layout = project(tmp_path, with_train(DDP, nproc=64))
     failed = start(layout)
     out, err = failed.communicate(timeout=120)
     assert failed.returncode == 1 and out == ""

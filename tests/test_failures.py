@@ -15,8 +15,9 @@ from stages import artifacts
 from stages.errors import StageError
 from stages.evaluate import evaluate
 from stages.layout import Layout
+from stages.params import with_train
 from stages.train import train
-from tests.conftest import PIPELINE, REPO_ROOT, with_train
+from tests.conftest import PIPELINE, REPO_ROOT
 
 # every stage of dvc.yaml, and the commands beside the pipeline
 STAGE_COMMANDS = [*PIPELINE, "predict", "share"]

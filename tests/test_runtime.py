@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stages.errors import StageError
+from stages.params import with_train
 from stages.runtime import configure_torch, select_device
-from tests.conftest import with_train
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -14,13 +14,13 @@ from stages.checkpoint import ResumeStore
 from stages.errors import StageError
 from stages.layout import Layout
 from stages.model import CHECKPOINT_KIND, load_model
-from stages.params import Params
+from stages.params import Params, with_train
 from stages.prepared import read_split
 from stages.runtime import to_device
 from stages.torch_io import torch_load_verified
 from stages.train import train
 from stages.training import Trainer, make_optimizer, make_scheduler, shifted, smoothed_nll
-from tests.conftest import with_train, write_params
+from tests.conftest import write_params
 
 OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
 
