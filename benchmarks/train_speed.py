@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.stage_anatomy import run_steps
 from stages.model import build_model, score
 from stages.params import Params, params_yaml, with_train
 from stages.prepared import read_split
@@ -169,16 +170,8 @@ def profile_steps(params: Params, steps: int = 30) -> str:
     device = torch.device("cpu")
     train, _ = load(device)
     trainer = Trainer(params.train, params.model.net, train, device)
-    class Enough(Exception):
-        pass
-
-    def stop_early(step: int) -> None:
-        if step + 1 == steps:
-            raise Enough
-
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, \
-            contextlib.suppress(Enough):
-        trainer.run_epoch(on_step=stop_early)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run_steps(trainer, steps)
     rows = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in rows)
     lines = ["| operator | calls / step | self time / step (ms) | share |", "|---|---:|---:|---:|"]
@@ -258,11 +251,17 @@ def measure(quick: bool) -> dict[str, Any]:
     results["seeds"] = ({defaults.train.seed: results["trajectory"].final_accuracy} if quick
                         else seed_spread(defaults))
     log("start-up costs")
+    with workdir(defaults, ["data/prepared"]) as root:
+        anatomy = run([sys.executable, "-m", "benchmarks.stage_anatomy"], root)
+    found = json.loads(anatomy.stdout)
+    results["anatomy"] = {**found["seconds"],
+                          "interpreter start and exit": anatomy.seconds - found["in process"]}
+    heavy = "import torch, torch._dynamo"
     results["startup"] = {
-        "python": run([sys.executable, "-c", "pass"]).seconds,
-        "import torch": run([sys.executable, "-c", "import torch"]).seconds,
-        "import torch._dynamo (torch.optim's first step)":
-            run([sys.executable, "-c", "import torch._dynamo"]).seconds,
+        "`python -c pass`": run([sys.executable, "-c", "pass"]).seconds,
+        f"`python -c '{heavy}'`": run([sys.executable, "-c", heavy]).seconds,
+        "the same, then `gc.freeze()` (as `run_stage` ends)":
+            run([sys.executable, "-c", f"{heavy}; import gc; gc.freeze()"]).seconds,
         "preprocess stage": run_stage("preprocess", defaults, ["data/raw"]).seconds,
         "evaluate stage": run_stage("evaluate", defaults,
                                     ["data/prepared", "data/model"]).seconds,
@@ -341,7 +340,13 @@ def render(results: dict[str, Any], quick: bool) -> str:
         "| test acc | " + " | ".join(f"{a:.2%}" for a in accuracies.values())
         + f" | {statistics.mean(accuracies.values()):.2%} | "
         f"{(max(accuracies.values()) - min(accuracies.values())) * 10000:.0f} images |", "",
-        "## Start-up", "", "| process | wall (s) |", "|---|---:|",
+        "## Start-up", "",
+        "The train stage's fixed costs, one at a time, in the stage's order "
+        "(`benchmarks/stage_anatomy.py`, a process of its own):", "",
+        "| step | seconds |", "|---|---:|",
+        *(f"| {name} | {seconds:.3f} |" for name, seconds in results["anatomy"].items()), "",
+        "Whole processes, start to exit:", "",
+        "| process | wall (s) |", "|---|---:|",
         *(f"| {name} | {seconds:.2f} |" for name, seconds in results["startup"].items()), "",
         "## Distance to the machine", "",
         f"Training reaches **{results['gflops']:.1f} GFLOP/s** (convolutions and matmuls "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,14 @@ def run_stage(main: Callable[[], None], description: str | None = None) -> None:
     """Run a stage's ``main`` as a command: one-line errors, exit 1; Ctrl-C exits 130.
 
     A stage takes no arguments (params.yaml drives it); ``--help`` prints ``description``.
+
+    The last call of a process: the objects alive before and after ``main`` are frozen out
+    of the garbage collector. The modules imported by then (180,000 objects for torch,
+    130,000 more for the torch._dynamo that torch.optim imports) live as long as the
+    process, and walking them in every full collection, above all in the collections at
+    exit, is pure cost: freezing took the default train stage from 6.2 s to 5.5 s here (medians
+    of two sets of alternating runs; ``make benchmark`` times the exit side by side). Python never
+    promised to collect at exit, and every output is closed explicitly before it.
     """
     if description is not None:
         spec = getattr(sys.modules["__main__"], "__spec__", None)
@@ -47,6 +56,7 @@ def run_stage(main: Callable[[], None], description: str | None = None) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="Parameters come from params.yaml; run the pipeline with `dvc repro`.",
         ).parse_args()
+    gc.freeze()
     try:
         main()
     except AlreadyReported:
@@ -62,3 +72,5 @@ def run_stage(main: Callable[[], None], description: str | None = None) -> None:
         print("interrupted: rerun to continue (train resumes from its last complete epoch)",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        gc.freeze()

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from benchmarks.stage_anatomy import run_steps
 from benchmarks.train_speed import (
     Process,
     Trajectory,
@@ -16,6 +23,9 @@ from stages.model import score
 from stages.params import with_train
 from stages.prepared import read_split
 from stages.runtime import to_device
+from stages.training import Trainer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 STAGE_STDOUT = """\
 train: resuming from data/resume/train-0123.pt after epoch 0
@@ -37,7 +47,8 @@ def results(seeds: dict[int, float], stage_s: float = 6.0, seed_epoch_s: float =
     return {"seed_epoch": [seed_epoch_s], "stage": [Process(stage_s, epoch_lines)],
             "ddp": {(1, 2): Process(stage_s, epoch_lines)},
             "trajectory": Trajectory(to_target, 0.9921, gflops_epoch_s), "seeds": seeds,
-            "startup": {"import torch": 1.0}, "epoch_flops": 100e9, "matmul": 100.0,
+            "anatomy": {"import torch": 0.9, "interpreter start and exit": 0.2},
+            "startup": {"`python -c pass`": 0.02}, "epoch_flops": 100e9, "matmul": 100.0,
             "profile": "| operator |"}
 
 
@@ -62,6 +73,31 @@ def test_the_report_shows_every_section_and_each_target_once():
     assert report.count("| PASS |") + report.count("| **FAIL** |") == 5
     assert "**Quick mode**" in report
     assert "of start-up and outputs" in report and "2.0 s" in report
+    assert "| import torch | 0.900 |" in report and "| `python -c pass` | 0.02 |" in report
+
+
+def test_run_steps_stops_after_the_steps_asked_for(project, tiny_params):
+    train = to_device(read_split(project.prepared, "train"))
+    trainer = Trainer(tiny_params.train, "compact", train, train.images.device)
+    ends = run_steps(trainer, 3)
+    assert len(ends) == 3 and ends == sorted(ends)
+    assert all(int(state["step"]) == 3 for state in trainer.optimizer.state.values())
+    trainer = Trainer(tiny_params.train, "compact", train, train.images.device)
+    assert len(run_steps(trainer, 10_000)) == trainer.steps_per_epoch  # a whole epoch at most
+
+
+def test_the_anatomy_times_each_fixed_cost_of_the_stage_in_a_process(project):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.stage_anatomy"], cwd=project.root,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    seconds = found["seconds"]
+    assert list(seconds)[:2] == ["import torch", "import the stage's other modules"]
+    assert any(name.startswith("import torch._dynamo") for name in seconds)
+    assert all(value > 0 for value in seconds.values())
+    assert found["in process"] > sum(seconds.values()) - seconds["a later step (median)"]
+    assert not (project.root / "data" / "model").exists()  # it measures; it writes nothing
 
 
 def test_flops_grow_with_the_batch():

@@ -1,0 +1,100 @@
+"""The train stage's fixed costs, one at a time, in a fresh process (``make benchmark`` runs it).
+
+    python -m benchmarks.stage_anatomy    (in a directory laid out like the repository)
+
+It calls the stage's own functions in the stage's order (``_train`` in stages/train.py) and
+prints one JSON object: the seconds each took. It runs through ``run_stage``, as the stage
+does, so that its process ends as the stage's does: the caller times the whole process, and
+the interpreter's start and exit are what its laps leave over. Imports are timed too, so
+nothing above ``main`` imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import itertools
+import json
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real import is timed, in main
+    from stages.training import Trainer
+
+LATER_STEPS = 20  # steady-state steps timed after the first, for comparison
+
+
+def main() -> None:
+    started = last = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        seconds[name] = now - last
+        last = now
+
+    import torch
+
+    lap("import torch")
+    from stages import train
+    from stages.checkpoint import run_fingerprint
+    from stages.layout import Layout
+    from stages.model import check_net, score
+    from stages.params import load_params
+    from stages.prepared import read_split, split_digest
+    from stages.runtime import configure_torch, select_device, to_device
+    from stages.training import Trainer
+
+    lap("import the stage's other modules")
+    gc.freeze()  # where run_stage freezes for the stage: after its imports
+    layout = Layout()
+    params = load_params(layout.params)
+    check_net(params.model.net, layout.params)
+    device = select_device(params.train.device)
+    configure_torch(params.train.threads, device)
+    train.check_data(params, layout)
+    train_set = to_device(read_split(layout.prepared, "train"), device)
+    test_set = to_device(read_split(layout.prepared, "test"), device)
+    lap("read params, map the prepared arrays")
+    run_fingerprint(params, device, split_digest(layout.prepared, "train"),
+                    split_digest(layout.prepared, "test"))
+    lap("fingerprint the run (hash both splits)")
+    importlib.import_module("torch._dynamo")
+    lap("import torch._dynamo (any torch.optim optimizer's constructor does)")
+    trainer = Trainer(params.train, params.model.net, train_set, device)
+    lap("build the network and its optimizer")
+    step_ends = run_steps(trainer, 1 + LATER_STEPS)
+    seconds["first training step"] = step_ends[0] - last
+    seconds["a later step (median)"] = statistics.median(
+        end - start for start, end in itertools.pairwise(step_ends))
+    last = time.perf_counter()
+    score(trainer.model, *test_set, train.SCORE_BATCH_SIZE)
+    lap("score the test set")
+    print(json.dumps({"torch": torch.__version__, "seconds": seconds,
+                      "in process": time.perf_counter() - started}))
+
+
+def run_steps(trainer: Trainer, steps: int) -> list[float]:
+    """Run the first ``steps`` steps of an epoch; the clock at the end of each."""
+    ends: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    def hook(step: int) -> None:
+        ends.append(time.perf_counter())
+        if step + 1 == steps:
+            raise Enough
+
+    with contextlib.suppress(Enough):
+        trainer.run_epoch(on_step=hook)
+    return ends
+
+
+if __name__ == "__main__":
+    from stages.errors import run_stage
+
+    run_stage(main)
