@@ -12,9 +12,12 @@ import pytest
 
 from benchmarks.stage_anatomy import run_steps
 from benchmarks.train_speed import (
+    Kernel,
     Process,
     Trajectory,
     check_targets,
+    mkl_path,
+    onednn_kernels,
     render,
     step_flops,
     time_to_accuracy,
@@ -48,7 +51,11 @@ def results(seeds: dict[int, float], stage_s: float = 6.0, seed_epoch_s: float =
             "ddp": {(1, 2): Process(stage_s, epoch_lines)},
             "trajectory": Trajectory(to_target, 0.9921, gflops_epoch_s), "seeds": seeds,
             "anatomy": {"import torch": 0.9, "interpreter start and exit": 0.2},
-            "startup": {"`python -c pass`": 0.02}, "epoch_flops": 100e9, "matmul": 100.0,
+            "startup": {"`python -c pass`": 0.02}, "epoch_flops": 100e9,
+            "matmul": 100.0, "conv": 80.0,
+            "kernels": [Kernel("256 x 1->16, 20x20 out, 5x5", "forward_training",
+                               "brg_conv_fwd:avx512_core", 0.5, 164.0)],
+            "mkl": "Intel(R) Architecture processors",
             "profile": "| operator |"}
 
 
@@ -74,6 +81,59 @@ def test_the_report_shows_every_section_and_each_target_once():
     assert "**Quick mode**" in report
     assert "of start-up and outputs" in report and "2.0 s" in report
     assert "| import torch | 0.900 |" in report and "| `python -c pass` | 0.02 |" in report
+    assert "| 256 x 1->16, 20x20 out, 5x5 | forward_training | `brg_conv_fwd:avx512_core` | " \
+           "0.50 | 164 |" in report
+    assert '"Intel(R) Architecture processors"' in report
+
+
+def test_the_machine_rate_is_the_faster_of_matmul_and_convolution():
+    slow_matmul = results({1: 0.9935}, gflops_epoch_s=2.0)  # training: 50 GFLOP/s
+    slow_matmul["conv"] = 200.0  # matmul 100: the convolution sets the rate
+    render(slow_matmul, quick=True)
+    target = check_targets(slow_matmul)[4]
+    assert target.measured == "25% of 200 GFLOP/s" and not target.passed
+
+
+ONEDNN_LOG = """\
+onednn_verbose,v1,info,oneDNN v3.12.0 (commit 80afa71049cd69a3df32adcccb623b12cd7baa22)
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Adcb16a::f0 bia:undef::undef::: \
+dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+mb256_ic1oc16_ih24oh20kh5sh1dh0ph0_iw24ow20kw5sw1dw0pw0,9.5
+onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abcd::f0 \
+dst:f32::blocked:Adcb16a::f0,,,16x1x5x5,0.003
+onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,backward_weights,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Adcb16a::f0 bia:undef::undef::: \
+dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+mb256_ic1oc16_ih24oh20kh5sh1dh0ph0_iw24ow20kw5sw1dw0pw0,0.3
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Adcb16a::f0 bia:undef::undef::: \
+dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+mb256_ic1oc16_ih24oh20kh5sh1dh0ph0_iw24ow20kw5sw1dw0pw0,0.5
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_inference,\
+src:f32::blocked:acdb::f0 wei:f32:a:blocked:Adcb16a::f0 bia:undef::undef::: \
+dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+mb1000_ic1oc16_ih24oh20kh5sh1dh0ph0_iw24ow20kw5sw1dw0pw0,2.0
+{"seconds": {}}
+"""
+
+
+def test_onednn_kernels_are_read_per_pass_without_their_first_run():
+    kernels = onednn_kernels(ONEDNN_LOG)
+    flops = 2 * 256 * 1 * 16 * 20 * 20 * 25
+    assert kernels == [
+        Kernel("256 x 1->16, 20x20 out, 5x5", "forward_training", "brg_conv_fwd:avx512_core",
+               0.5, pytest.approx(flops / 0.5e6)),  # 9.5 ms was the first run
+        Kernel("256 x 1->16, 20x20 out, 5x5", "backward_weights", "jit:avx512_core",
+               0.3, pytest.approx(flops / 0.3e6)),  # a single run is kept
+    ]  # reorders and inference passes left out
+
+
+def test_mkl_names_its_code_path_or_it_is_unknown():
+    banner = ("MKL_VERBOSE oneMKL 2024.0 Update 2 Product build 20240605 for Intel(R) 64 "
+              "architecture Intel(R) Architecture processors, Lnx 2.60GHz lp64 gnu_thread\n")
+    assert mkl_path(banner) == "Intel(R) 64 architecture Intel(R) Architecture processors"
+    assert mkl_path("no banner\n") == "unknown"
 
 
 def test_run_steps_stops_after_the_steps_asked_for(project, tiny_params):
