@@ -89,3 +89,21 @@ def test_the_model_artifact_points_at_the_model():
     artifacts = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
     assert artifacts["mnist-cnn"]["path"] == str(Layout(Path()).model)
     assert artifacts["mnist-cnn"]["type"] == "model"
+
+
+def test_no_curve_is_drawn_twice():
+    """DVC draws every stage plot on its own, and again each top-level definition that reads
+    the same file: between them, each (file, column) is drawn once."""
+    drawn: list[tuple[str, str]] = []
+    for spec in PIPELINE.values():
+        for entry in spec.get("plots", []):
+            (path, options), = entry.items()
+            if "y" in options:
+                drawn.append((path, options["y"]))
+    for definition in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()).get("plots", []):
+        (_, options), = definition.items()
+        for path, columns in options["y"].items():
+            drawn += [(path, column) for column in
+                      ([columns] if isinstance(columns, str) else columns)]
+    assert len(drawn) == len(set(drawn)), sorted(drawn)
+    assert ("metrics/train_history.csv", "test_acc") in drawn
