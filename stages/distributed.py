@@ -199,17 +199,26 @@ class WorkerFailed(StageError):
 # What gloo and NCCL say when the process at the other end of a collective has gone
 PEER_GONE = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|"
                        r"remote process exited|NCCL communicator was aborted")
+# how their errors name themselves: gloo's carry its source path, NCCL's their library
+COLLECTIVE_LIBRARY = re.compile(r"/gloo/|\bNCCL\b")
 
 
 def lost_peer(err: BaseException) -> bool:
     """Whether ``err`` is a collective failing because a peer process died, rather than a
-    fault of this process (which then keeps its traceback)."""
+    fault of this process (which then keeps its traceback).
+
+    The collective is either a call through torch.distributed or DDP's all-reduce of the
+    gradients, which its reducer runs inside ``backward`` with no torch.distributed frame
+    (then gloo or NCCL names itself in the message).
+    """
+    if not isinstance(err, RuntimeError) or not PEER_GONE.search(str(err)):
+        return False
     frames = []
     traceback = err.__traceback__
     while traceback is not None:
         frames.append(traceback.tb_frame.f_code.co_filename)
         traceback = traceback.tb_next
-    return isinstance(err, RuntimeError) and bool(PEER_GONE.search(str(err))) and any(
+    return bool(COLLECTIVE_LIBRARY.search(str(err))) or any(
         f"{os.sep}torch{os.sep}" in name and "distributed" in name for name in frames)
 
 

@@ -81,3 +81,35 @@ def test_more_processes_than_the_machine_has_is_one_line(monkeypatch, nproc, dev
     with pytest.raises(StageError) as info:
         check_process_count(nproc, torch.device(device))
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+              "[127.0.0.1]:59301: Connection reset by peer. This is typically caused by a remote "
+              "worker hanging or bugs in the application.")
+
+
+def raised_in(filename: str, message: str) -> RuntimeError:
+    """A RuntimeError raised by code that claims to live in ``filename``."""
+    try:
+        exec(compile(f"raise RuntimeError({message!r})", filename, "exec"))
+    except RuntimeError as err:
+        return err
+    raise AssertionError("not raised")
+
+
+def test_a_collective_whose_peer_died_is_recognised_where_it_failed():
+    # DDP's gradient all-reduce fails inside backward: no torch.distributed frame, gloo's path
+    assert distributed.lost_peer(raised_in("/site-packages/torch/autograd/graph.py", GLOO_RESET))
+    assert distributed.lost_peer(raised_in("/site-packages/torch/autograd/graph.py",
+                                           "NCCL communicator was aborted on rank 0."))
+    # a call through torch.distributed, whatever the transport says of itself
+    assert distributed.lost_peer(raised_in("/site-packages/torch/distributed/c10d.py",
+                                           "Connection closed by peer [10.0.0.2]:29500"))
+
+
+def test_other_failures_keep_their_traceback():
+    elsewhere = "/project/stages/training.py"
+    assert not distributed.lost_peer(raised_in(elsewhere, "Connection reset by peer"))
+    assert not distributed.lost_peer(raised_in("/site-packages/torch/distributed/c10d.py",
+                                               "mat1 and mat2 shapes cannot be multiplied"))
+    assert not distributed.lost_peer(ValueError(GLOO_RESET))
