@@ -96,14 +96,23 @@ def test_no_curve_is_drawn_twice():
     the same file: between them, each (file, column) is drawn once."""
     drawn: list[tuple[str, str]] = []
     for spec in PIPELINE.values():
-        for entry in spec.get("plots", []):
-            (path, options), = entry.items()
-            if "y" in options:
-                drawn.append((path, options["y"]))
-    for definition in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()).get("plots", []):
-        (_, options), = definition.items()
-        for path, columns in options["y"].items():
-            drawn += [(path, column) for column in
-                      ([columns] if isinstance(columns, str) else columns)]
+        for path, options in entries(spec.get("plots", [])):
+            drawn += [(path, column) for column in as_list(options.get("y"))]
+    definitions = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()).get("plots", [])
+    for name, options in entries(definitions):
+        y = options.get("y", {})
+        for path, columns in (y.items() if isinstance(y, dict) else [(name, y)]):
+            drawn += [(path, column) for column in as_list(columns)]
     assert len(drawn) == len(set(drawn)), sorted(drawn)
     assert ("metrics/train_history.csv", "test_acc") in drawn
+
+
+def entries(listed: list) -> list[tuple[str, dict]]:
+    """dvc.yaml's list entries, each a bare path or {path: options}."""
+    pairs = [(entry, None) if isinstance(entry, str) else next(iter(entry.items()))
+             for entry in listed]
+    return [(path, options or {}) for path, options in pairs]
+
+
+def as_list(value: object) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)

@@ -460,7 +460,8 @@ def check_report(repo, out: Path, base: str, label: str | None = None) -> tuple[
     assert f"{fixed} fixed, {broken} broken" in summary["verdict"]
     linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
     assert sorted(linked) == sorted(p.name for p in out.glob("*.png"))
-    expected = {"accuracy.png", "loss.png", "confusion_matrix.png", "f1_per_digit.png",
+    expected = {"test_accuracy_per_epoch.png", "loss.png", "confusion_matrix.png",
+                "f1_per_digit.png",
                 review.file_name(f"misclassified digits, {label or base}"),
                 "misclassified_digits_workspace.png"}
     expected |= {"digits_the_change_fixed.png"} if fixed else set()
@@ -535,7 +536,7 @@ def test_a_base_without_predictions_gives_one_line_and_the_rest(reviewed, tmp_pa
     assert set(table_rows(report, "### metrics/eval.json")) >= {"accuracy", "errors"}
     for name in re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report):
         assert_png_not_blank(tmp_path / "review" / name)
-    assert "accuracy.png" in report
+    assert "test_accuracy_per_epoch.png" in report
 
 
 def without_dvc(env: dict) -> dict:
