@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -142,6 +143,13 @@ class Trajectory(NamedTuple):
     seconds_per_epoch: float  # training only
 
 
+@dataclasses.dataclass
+class TrainingClock:
+    trained: float = 0.0  # seconds of training so far
+    since: float = 0.0  # when the clock last started
+    reached: float | None = None  # training seconds when the target was first scored
+
+
 def time_to_accuracy(params: Params, every: int = SCORE_EVERY_STEPS,
                      prepared: Path = PREPARED) -> Trajectory:
     """Train in process, scoring the test set every ``every`` steps with the training clock
@@ -149,22 +157,22 @@ def time_to_accuracy(params: Params, every: int = SCORE_EVERY_STEPS,
     device = torch.device("cpu")
     train, test = load(device, prepared)
     trainer = Trainer(params.train, params.model.net, train, device)
-    clock = {"trained": 0.0, "since": 0.0, "reached": None}
+    clock = TrainingClock()
 
     def on_step(step: int) -> None:
-        if (step + 1) % every or clock["reached"] is not None:
+        if (step + 1) % every or clock.reached is not None:
             return
-        clock["trained"] += time.perf_counter() - clock["since"]
+        clock.trained += time.perf_counter() - clock.since
         if score(trainer.model, *test, SCORE_BATCH_SIZE).accuracy >= TARGET_ACCURACY:
-            clock["reached"] = clock["trained"]
-        clock["since"] = time.perf_counter()
+            clock.reached = clock.trained
+        clock.since = time.perf_counter()
 
     for _ in range(params.train.epochs):
-        clock["since"] = time.perf_counter()
+        clock.since = time.perf_counter()
         trainer.run_epoch(on_step=on_step)
-        clock["trained"] += time.perf_counter() - clock["since"]
-    return Trajectory(clock["reached"], score(trainer.model, *test, SCORE_BATCH_SIZE).accuracy,
-                      clock["trained"] / params.train.epochs)
+        clock.trained += time.perf_counter() - clock.since
+    return Trajectory(clock.reached, score(trainer.model, *test, SCORE_BATCH_SIZE).accuracy,
+                      clock.trained / params.train.epochs)
 
 
 def seed_spread(params: Params) -> dict[int, float]:
