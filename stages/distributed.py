@@ -107,6 +107,8 @@ def join(cfg: TrainParams, device: torch.device) -> Group:
     die_with_parent()
     world = int(os.environ["WORLD_SIZE"])
     if world != cfg.nproc:
+        if int(os.environ.get("RANK", "0")):
+            raise SystemExit(1)  # rank 0 says why, once
         raise StageError(f"torchrun started {world} processes but train.nproc is {cfg.nproc}; "
                          f"run with -S train.nproc={world} (params describe the run)")
     group = Group(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))
@@ -199,7 +201,7 @@ class WorkerFailed(StageError):
 # What gloo and NCCL say when the process at the other end of a collective has gone
 PEER_GONE = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|"
                        r"remote process exited|NCCL communicator was aborted")
-# how their errors name themselves: gloo's carry its source path, NCCL's their library
+# how their errors name the library: gloo's quote its source file's path, NCCL's its name
 COLLECTIVE_LIBRARY = re.compile(r"/gloo/|\bNCCL\b")
 
 

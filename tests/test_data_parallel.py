@@ -68,6 +68,10 @@ def test_a_world_that_params_do_not_describe_is_refused(monkeypatch):
     monkeypatch.setattr(distributed, "die_with_parent", lambda: None)
     with pytest.raises(StageError, match=r"torchrun started 4 processes but train\.nproc is 2"):
         join(TrainParams(nproc=2), torch.device("cpu"))
+    monkeypatch.setenv("RANK", "3")  # the other ranks leave the explaining to rank 0
+    with pytest.raises(SystemExit) as quiet:
+        join(TrainParams(nproc=2), torch.device("cpu"))
+    assert quiet.value.code == 1
 
 
 @pytest.mark.parametrize(("nproc", "device", "gpus", "expected"), [
