@@ -17,11 +17,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from stages.digit_image import ImageError, load_image
 from stages.errors import run_stage
 from stages.idx import read_idx
 from stages.layout import Layout
 from stages.model import CHECKPOINT_KIND, build_model, load_model, predict_log_probs, save_model
-from stages.predict import ImageError, load_image, main, predict_files, to_model_input
+from stages.predict import main, predict_files, to_model_input
 from stages.prepared import Normalization
 from stages.torch_io import torch_save_verified
 from tests.conftest import REPO_ROOT
