@@ -7,6 +7,10 @@ must be in the file (DVC tracks each one; a hidden default would not show in ``d
 diff``); the dataclass defaults equal the committed params.yaml (a test checks it) and let
 code and tests build a configuration without a file.
 
+The file is read as DVC reads it: YAML 1.2, with DVC's own parser (ruamel.yaml). PyYAML
+follows YAML 1.1, where ``5e-3`` is a string and ``off`` is false, so the same file would
+mean one thing to ``dvc params diff`` and another to a stage.
+
 ``model.net`` names a class of the network registry (``stages.model.NETS``); the stages that
 build a network check the name against it, so that download and preprocess need not import
 torch.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import json
 import types
 import typing
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from stages.errors import StageError
 
@@ -106,23 +111,38 @@ def with_train(params: Params, **changes: Any) -> Params:
         **dataclasses.asdict(params.train), **changes}}, source="with_train")
 
 
+def parse_yaml(text: str | bytes) -> Any:
+    """YAML as DVC parses it (params.yaml, dvc.yaml, dvc.lock): safe, YAML 1.2."""
+    return YAML(typ="safe").load(text)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as block-style YAML, keys in their order, that ``parse_yaml`` reads back."""
+    writer = YAML(typ="safe")
+    writer.default_flow_style = False
+    writer.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # typed None
+    text = io.StringIO()
+    writer.dump(data, text)
+    return text.getvalue()
+
+
 def params_yaml(params: Params) -> str:
     """``params`` as params.yaml text (what tests and the benchmark write for a stage)."""
-    plain = json.loads(json.dumps(dataclasses.asdict(params)))  # tuples become lists
-    return yaml.safe_dump(plain, sort_keys=False)
+    return dump_yaml(json.loads(json.dumps(dataclasses.asdict(params))))  # tuples: lists
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate ``path``, which must hold every key of the schema."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise ParamsError(f"{path}: not valid YAML{line}") from None
+        problem = getattr(err, "problem", None)
+        detail = "; ".join(filter(None, [where and f"line {where.line + 1}", problem]))
+        raise ParamsError(f"{path}: not valid YAML" + (f" ({detail})" if detail else "")) from None
     if raw is None:
         raise ParamsError(f"{path}: empty; it must set every parameter (see README.md)")
     return parse_params(raw, source=str(path), complete=True)

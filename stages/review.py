@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from stages.artifacts import write_bytes_atomic, write_json_atomic
 from stages.errors import StageError, corrupt_file, run_stage
 from stages.idx import read_idx
 from stages.layout import Layout
+from stages.params import parse_yaml
 from stages.pictures import digit_grid, png_bytes
 
 ALPHA = 0.05  # a McNemar p below this is called evidence of a change
@@ -172,7 +172,7 @@ def require_committed() -> None:
 
 def pipeline(text: bytes | None = None) -> dict[str, dict]:
     """The stages of dvc.yaml (this one, or ``text``)."""
-    data = yaml.safe_load(read_bytes(Path("dvc.yaml")) or b"" if text is None else text) or {}
+    data = parse_yaml(read_bytes(Path("dvc.yaml")) or b"" if text is None else text) or {}
     return data.get("stages", {})
 
 

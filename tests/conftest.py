@@ -7,14 +7,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from stages.idx import encode_idx
 from stages.layout import Layout
-from stages.params import Params, params_yaml, parse_params
+from stages.params import Params, params_yaml, parse_params, parse_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PIPELINE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+PIPELINE: dict[str, Any] = parse_yaml((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +47,7 @@ def raw_dir(tmp_path: Path) -> Path:
 
 def params_as_dict(params: Params) -> dict[str, Any]:
     """``params`` as params.yaml holds it (lists, not tuples)."""
-    return yaml.safe_load(params_yaml(params))
+    return parse_yaml(params_yaml(params))
 
 
 def write_params(path: Path, params: Params) -> None:

@@ -7,10 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stages.layout import Layout
-from stages.params import Params
+from stages.params import Params, parse_yaml
 from stages.sources import imported_modules
 from tests.conftest import PIPELINE, REPO_ROOT
 
@@ -86,7 +85,7 @@ def test_the_layout_matches_dvc_yaml():
 
 
 def test_the_model_artifact_points_at_the_model():
-    artifacts = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
+    artifacts = parse_yaml((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
     assert artifacts["mnist-cnn"]["path"] == str(Layout(Path()).model)
     assert artifacts["mnist-cnn"]["type"] == "model"
 
@@ -98,7 +97,7 @@ def test_no_curve_is_drawn_twice():
     for spec in PIPELINE.values():
         for path, options in entries(spec.get("plots", [])):
             drawn += [(path, column) for column in as_list(options.get("y"))]
-    definitions = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()).get("plots", [])
+    definitions = parse_yaml((REPO_ROOT / "dvc.yaml").read_text()).get("plots", [])
     for name, options in entries(definitions):
         y = options.get("y", {})
         for path, columns in (y.items() if isinstance(y, dict) else [(name, y)]):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from stages.artifacts import file_digest
 from stages.canonical import CANONICAL_FILES
 from stages.idx import read_idx
+from stages.params import parse_yaml
 from tests.conftest import REPO_ROOT, TINY_BUDGET
 from tests.dvc_repo import DvcRepo
 
@@ -33,7 +33,7 @@ RESTORE = ("git checkout HEAD -- params.yaml && dvc repro")
 
 def output_hashes(repo: DvcRepo) -> dict[str, str]:
     """Every stage output's hash as dvc.lock records it, metrics and plots included."""
-    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())
+    lock = parse_yaml((repo.root / "dvc.lock").read_text())
     return {out["path"]: out.get("md5") or out.get("hash")
             for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
@@ -68,7 +68,7 @@ def test_repro_fetches_canonical_mnist_and_run_caches_every_stage(pipeline):
     assert metrics["accuracy"] > 0.97
     assert metrics["errors"] == round((1 - metrics["accuracy"]) * 10000)
     assert "up to date" in repo.dvc("status").stdout
-    entries = [yaml.safe_load(path.read_text())
+    entries = [parse_yaml(path.read_text())
                for path in (repo.root / ".dvc" / "cache" / "runs").rglob("*") if path.is_file()]
     assert sorted(entry["cmd"] for entry in entries) == sorted(
         f"python -m stages.{stage}" for stage in ("download", "preprocess", "train", "evaluate"))
@@ -89,7 +89,7 @@ def test_a_fresh_clone_reproduces_every_output_bit_for_bit(pipeline, tmp_path):
 def test_returning_to_seen_params_restores_instead_of_training(pipeline):
     repo, _ = pipeline
     baseline = output_hashes(repo)
-    default_lr = yaml.safe_load((repo.root / "params.yaml").read_text())["train"]["lr"]
+    default_lr = parse_yaml((repo.root / "params.yaml").read_text())["train"]["lr"]
 
     first = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout
     assert ran(first) == {"train", "evaluate"}
@@ -243,7 +243,7 @@ def test_a_sweep_in_dvc_syntax_then_branch_and_push_the_best(pipeline, tmp_path)
     best, accuracy = max((results[key] for key in grid), key=lambda item: item[1])
 
     repo.dvc("exp", "branch", best, "best")
-    best_params = yaml.safe_load(repo.git("show", "best:params.yaml").stdout)
+    best_params = parse_yaml(repo.git("show", "best:params.yaml").stdout)
     assert (best_params["train"]["seed"], best_params["train"]["lr"]) in grid
     assert json.loads(repo.git("show", "best:metrics/eval.json").stdout)["accuracy"] == accuracy
 
@@ -301,8 +301,8 @@ def test_the_model_artifact_is_fetched_from_another_clone_and_predicts(pipeline,
 
 
 def test_committed_baseline_comes_from_the_committed_params():
-    lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text())
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    lock = parse_yaml((REPO_ROOT / "dvc.lock").read_text())
+    params = parse_yaml((REPO_ROOT / "params.yaml").read_text())
     for stage in lock["stages"].values():
         for key, value in stage.get("params", {}).get("params.yaml", {}).items():
             section, _, name = key.partition(".")

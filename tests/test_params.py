@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from ruamel.yaml import YAMLError
 
 from stages.errors import StageError
 from stages.layout import Layout
-from stages.params import Params, ParamsError, load_params, parse_params
+from stages.params import (
+    Params,
+    ParamsError,
+    dump_yaml,
+    load_params,
+    params_yaml,
+    parse_params,
+    parse_yaml,
+)
 from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, write_raw_dir
 
 
@@ -24,8 +32,8 @@ def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.ya
     """A params file of the defaults with ``content`` merged in (where both are mappings)."""
     path = tmp_path / name
     try:
-        raw = yaml.safe_load(content) if isinstance(content, str) else content
-    except yaml.YAMLError:
+        raw = parse_yaml(content) if isinstance(content, str) else content
+    except YAMLError:
         raw = None
     if isinstance(raw, dict) and raw:
         merged: dict[str, Any] = params_as_dict(Params())
@@ -34,8 +42,8 @@ def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.ya
                 merged[section].update(values)
             else:
                 merged[section] = values
-        content = yaml.safe_dump(merged)
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        content = dump_yaml(merged)
+    path.write_text(content if isinstance(content, str) else dump_yaml(content))
     return path
 
 
@@ -47,7 +55,7 @@ def test_committed_params_yaml_equals_schema_defaults() -> None:
     params = load_params(committed)
     assert params == Params()
     # the comparison above is only meaningful if every section of the schema is in the file
-    assert set(yaml.safe_load(committed.read_text())) == {
+    assert set(parse_yaml(committed.read_text())) == {
         f.name for f in dataclasses.fields(Params)
     }
 
@@ -72,7 +80,7 @@ def test_a_params_file_must_set_every_key(tmp_path: Path, text: str, expected: s
 def test_a_missing_key_is_named(tmp_path: Path) -> None:
     full = params_as_dict(Params())
     del full["train"]["nproc"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
+    (tmp_path / "params.yaml").write_text(dump_yaml(full))
     with pytest.raises(ParamsError) as info:
         load_params(tmp_path / "params.yaml")
     assert str(info.value) == f"{tmp_path / 'params.yaml'}: missing key 'train.nproc'"
@@ -241,6 +249,46 @@ def test_no_suggestion_when_nothing_is_close(tmp_path: Path) -> None:
         load_params(_write(tmp_path, "train: {zzzzzz: 1}\n"))
     assert "unknown key 'train.zzzzzz'" in str(info.value)
     assert "did you mean" not in str(info.value)
+
+
+# Scalars that YAML 1.1 (PyYAML) and YAML 1.2 (DVC's ruamel.yaml) read differently
+TRICKY_SCALARS = ["5e-3", "1e3", "off", "yes", "on", "010", "0o10", "1_000", "Null", "+.inf"]
+
+
+def test_params_mean_to_a_stage_what_they_mean_to_dvc() -> None:
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    text = "".join(f"k{i}: {scalar}\n" for i, scalar in enumerate(TRICKY_SCALARS))
+    assert parse_yaml(text) == dvc_parse_yaml(text, "params.yaml")
+
+
+def _defaults_with(tmp_path: Path, line: str, written: str) -> Path:
+    """The defaults' params.yaml with ``line`` written as ``written``, byte for byte."""
+    text = params_yaml(Params())
+    assert text.count(line) == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(line, written))
+    return path
+
+
+def test_a_learning_rate_in_exponent_notation_is_a_number(tmp_path: Path) -> None:
+    path = _defaults_with(tmp_path, "  lr: 0.03\n", "  lr: 5e-3\n")
+    assert load_params(path).train.lr == 0.005
+
+
+def test_a_yaml_1_1_boolean_word_is_refused_as_dvc_records_it(tmp_path: Path) -> None:
+    # DVC records `off` as the string 'off' (dvc params diff shows it so): no silent False
+    path = _defaults_with(tmp_path, "  bf16: false\n", "  bf16: off\n")
+    with pytest.raises(ParamsError, match=r"train\.bf16 must be true or false, got str 'off'"):
+        load_params(path)
+
+
+def test_a_duplicate_key_is_named_not_silently_overridden(tmp_path: Path) -> None:
+    path = _write(tmp_path, "train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: not valid YAML (line 3; found duplicate key")
+    assert "\n" not in str(info.value)
 
 
 def test_invalid_yaml_syntax(tmp_path: Path) -> None:

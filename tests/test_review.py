@@ -15,14 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from scipy.stats import binomtest
 
 from stages import review
 from stages.errors import StageError
 from stages.idx import encode_idx
-from stages.params import Params
+from stages.params import Params, dump_yaml, parse_yaml
 from stages.review import Comparison, Review
 
 # the committed default learning rate, as the params table prints it
@@ -319,7 +318,7 @@ def git_repo(tmp_path, monkeypatch) -> Path:
                            "evaluate": {"cmd": "python -m stages.evaluate",
                                         "deps": ["stages/evaluate.py"],
                                         "plots": ["metrics/predictions.csv"]}}}
-    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    (root / "dvc.yaml").write_text(dump_yaml(pipeline))
     for name in ("train.py", "a.py", "evaluate.py", "other.py"):
         (root / "stages" / name).write_text("x = 1\n")
     for name in ("train.json", "predictions.csv"):
@@ -338,9 +337,9 @@ def test_changed_code_lists_the_pipelines_code_deps_that_differ(git_repo):
     (git_repo / "stages" / "other.py").write_text("x = 2\n")  # not a dep: not listed
     git(git_repo, "commit", "-qam", "change train")
     (git_repo / "stages" / "evaluate.py").write_text("x = 3\n")
-    pipeline = yaml.safe_load((git_repo / "dvc.yaml").read_text())
+    pipeline = parse_yaml((git_repo / "dvc.yaml").read_text())
     pipeline["stages"]["evaluate"]["deps"].append("stages/new.py")
-    (git_repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    (git_repo / "dvc.yaml").write_text(dump_yaml(pipeline))
     (git_repo / "stages" / "new.py").write_text("y = 1\n")  # untracked, and a dep now
     assert review.changed_code(git(git_repo, "rev-parse", "main~1").strip()) == [
         ("stages/evaluate.py", True), ("stages/new.py", True), ("stages/train.py", False)]

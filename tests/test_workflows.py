@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from stages.params import parse_yaml
 from tests.conftest import REPO_ROOT
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
@@ -47,12 +47,12 @@ def test_actionlint_does_flag_a_broken_workflow(tmp_path):
 
 
 def steps() -> list[dict]:
-    return yaml.safe_load(REVIEW.read_text())["jobs"]["review"]["steps"]
+    return parse_yaml(REVIEW.read_text())["jobs"]["review"]["steps"]
 
 
 def test_review_runs_on_pull_requests_with_the_least_permissions():
-    workflow = yaml.safe_load(REVIEW.read_text())
-    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
+    workflow = parse_yaml(REVIEW.read_text())
+    assert "pull_request" in workflow["on"]  # YAML 1.2, as GitHub reads it
     assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
     checkout = next(step for step in steps() if step.get("uses", "").startswith(
         "actions/checkout@"))
