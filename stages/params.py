@@ -135,13 +135,15 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate ``path``, which must hold every key of the schema."""
     path = Path(path)
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: not valid YAML (not UTF-8 text)") from None
     except YAMLError as err:
         where = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None)
-        detail = "; ".join(filter(None, [where and f"line {where.line + 1}", problem]))
+        problem = (getattr(err, "problem", None) or "").splitlines()[:1]
+        detail = "; ".join(([f"line {where.line + 1}"] if where else []) + problem)
         raise ParamsError(f"{path}: not valid YAML" + (f" ({detail})" if detail else "")) from None
     if raw is None:
         raise ParamsError(f"{path}: empty; it must set every parameter (see README.md)")

@@ -291,6 +291,13 @@ def test_a_duplicate_key_is_named_not_silently_overridden(tmp_path: Path) -> Non
     assert "\n" not in str(info.value)
 
 
+def test_a_params_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML \(not UTF-8 text\)$"):
+        load_params(path)
+
+
 def test_invalid_yaml_syntax(tmp_path: Path) -> None:
     path = _write(tmp_path, "train:\n  lr: [0.1, 0.2\n  epochs: 3\n")
     with pytest.raises(ParamsError) as info:
