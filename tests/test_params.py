@@ -283,14 +283,6 @@ def test_a_yaml_1_1_boolean_word_is_refused_as_dvc_records_it(tmp_path: Path) ->
         load_params(path)
 
 
-def test_a_duplicate_key_is_named_not_silently_overridden(tmp_path: Path) -> None:
-    path = _write(tmp_path, "train:\n  lr: 0.1\n  lr: 0.2\n")
-    with pytest.raises(ParamsError) as info:
-        load_params(path)
-    assert str(info.value).startswith(f"{path}: not valid YAML (line 3; found duplicate key")
-    assert "\n" not in str(info.value)
-
-
 def test_a_params_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_bytes(b"\xff\xfe\x00binary")
@@ -298,14 +290,18 @@ def test_a_params_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
         load_params(path)
 
 
-def test_invalid_yaml_syntax(tmp_path: Path) -> None:
-    path = _write(tmp_path, "train:\n  lr: [0.1, 0.2\n  epochs: 3\n")
+@pytest.mark.parametrize(("text", "detail"), [
+    ("train:\n  lr: [0.1, 0.2\n  epochs: 3\n", "(line 3; expected ',' or ']'"),
+    # named, not silently overridden by the last one
+    ("train:\n  lr: 0.1\n  lr: 0.2\n", "(line 3; found duplicate key"),
+])
+def test_invalid_yaml_is_one_line_with_where_and_what(tmp_path: Path, text: str,
+                                                     detail: str) -> None:
+    path = _write(tmp_path, text)
     with pytest.raises(ParamsError) as info:
         load_params(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: not valid YAML")
-    assert "(line " in message
-    assert "\n" not in message
+    assert str(info.value).startswith(f"{path}: not valid YAML {detail}")
+    assert "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
