@@ -108,7 +108,7 @@ def join(cfg: TrainParams, device: torch.device) -> Group:
     world = int(os.environ["WORLD_SIZE"])
     if world != cfg.nproc:
         if int(os.environ.get("RANK", "0")):
-            raise SystemExit(1)  # rank 0 says why, once
+            raise SystemExit(PEER_LOST)  # rank 0 says why, once; this exit prints nothing
         raise StageError(f"torchrun started {world} processes but train.nproc is {cfg.nproc}; "
                          f"run with -S train.nproc={world} (params describe the run)")
     group = Group(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]))

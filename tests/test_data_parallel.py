@@ -65,13 +65,14 @@ def test_each_process_gets_its_own_gpu(monkeypatch):
 
 def test_a_world_that_params_do_not_describe_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(distributed, "die_with_parent", lambda: None)
     with pytest.raises(StageError, match=r"torchrun started 4 processes but train\.nproc is 2"):
         join(TrainParams(nproc=2), torch.device("cpu"))
     monkeypatch.setenv("RANK", "3")  # the other ranks leave the explaining to rank 0
     with pytest.raises(SystemExit) as quiet:
         join(TrainParams(nproc=2), torch.device("cpu"))
-    assert quiet.value.code == 1
+    assert quiet.value.code == distributed.PEER_LOST  # "stopped when another process failed"
 
 
 @pytest.mark.parametrize(("nproc", "device", "gpus", "expected"), [
