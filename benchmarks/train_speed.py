@@ -295,25 +295,22 @@ class Kernel(NamedTuple):
 def onednn_kernels(verbose: str) -> list[Kernel]:
     """The training-mode passes of each convolution in a ONEDNN_VERBOSE log, in order of
     first appearance; the first run of each (it creates the kernel) is left out."""
-    runs: dict[tuple[str, str, str], list[float]] = {}
-    flops: dict[tuple[str, str, str], int] = {}
-    batches: dict[tuple[str, str, str], int] = {}
+    runs: dict[tuple[str, int, str, str], list[float]] = {}  # (problem, batch, pass, kernel)
+    flops: dict[tuple[str, int, str, str], int] = {}
     for m in ONEDNN_EXEC.finditer(verbose):
         implementation, direction = m[1], m[2]
         if direction not in TRAINING_PASSES:
             continue
         groups = int(m[4] or 1)  # oneDNN counts the channels of all groups together
         batch, cin, cout, oh, kh, ow, kw = (int(m[i]) for i in (3, 5, 6, 7, 8, 9, 10))
-        key = (f"{batch} x {cin}->{cout}, {oh}x{ow} out, {kh}x{kw}", direction, implementation)
+        key = (f"{batch} x {cin}->{cout}, {oh}x{ow} out, {kh}x{kw}", batch, direction,
+               implementation)
         runs.setdefault(key, []).append(float(m[11]))
         flops[key] = 2 * batch * cin * cout * oh * ow * kh * kw // groups
-        batches[key] = batch
     kernels = []
     for key, times in runs.items():
         steady = statistics.median(times[1:] or times)
-        problem, direction, implementation = key
-        kernels.append(Kernel(problem, batches[key], direction, implementation, steady,
-                              flops[key] / steady / 1e6))
+        kernels.append(Kernel(*key, steady, flops[key] / steady / 1e6))
     return kernels
 
 
@@ -524,8 +521,7 @@ def render(results: dict[str, Any], quick: bool) -> str:
         kernel_table(results["kernels"]), "",
         "Where a step goes (30 steps of the default configuration, `torch.profiler`):", "",
         results["profile"], "",
-        *([] if targets[4].passed else
-          budget_lines(step_budget(results), results)),
+        *budget_lines(step_budget(results), results),
     ]
     return "\n".join(lines)
 
@@ -538,7 +534,8 @@ def seed_row(accuracies: dict[int, float], note: str) -> str:
 
 
 def budget_lines(budget: StepBudget | None, results: dict[str, Any]) -> list[str]:
-    if budget is None:
+    """Why the rate target is out of reach; nothing when it is reached (or unmeasured)."""
+    if budget is None or budget.measured <= budget.allowed:
         return []
     total = budget.convolutions + budget.fixed
     return [
