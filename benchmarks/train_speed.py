@@ -4,10 +4,12 @@
 
 Everything runs the project's own code: the train stage as a process (``python -m
 stages.train`` in a temporary directory laid out like the repository), and in process the
-stage's ``Trainer`` through its per-step hook (time to accuracy, a profile). The only other
-contender is the seed notebook's loop as it was (torchvision's per-item transforms and
-DataLoader), the baseline of the speed targets. Sections: the train stage against one epoch
-of the seed loop; data-parallel training (``train.nproc``); time to 99 %; the spread of the
+stage's ``Trainer`` through its per-step hook (time to accuracy, a profile). Two contenders
+are not today's code: the seed notebook's loop as it was (torchvision's per-item transforms
+and DataLoader), the yardstick of the speed targets, and the train stage as it was when
+issue 14 was filed, its "today" (``BASELINE_REV``, from a temporary git worktree with its own
+params and prepared data). Sections: the train stage against one epoch of the seed loop and
+against "today"; data-parallel training (``train.nproc``); time to 99 %; the spread of the
 final accuracy over seeds 0-4 and over held-out seeds 5-9; start-up costs; FLOP/s against a
 matmul and a convolution, oneDNN's kernels for the net's convolutions, a profile of a training
 step and the step time the rate target would allow; the targets, PASS or FAIL. Progress goes
@@ -41,7 +43,7 @@ from benchmarks.stage_anatomy import run_steps
 from stages.model import build_model, score
 from stages.params import Params, params_yaml, with_train
 from stages.prepared import read_split
-from stages.review import machine
+from stages.review import machine, worktree
 from stages.runtime import TensorSplit, configure_torch, to_device
 from stages.train import SCORE_BATCH_SIZE
 from stages.training import Trainer
@@ -64,6 +66,10 @@ MKL_BUILD = re.compile(r"^MKL_VERBOSE oneMKL .*? for (.+?processors)", re.MULTIL
 # Targets of issue 14 (CPU, defaults, this 2-core class of machine)
 MIN_MEAN_ACCURACY, MIN_SEED_ACCURACY = 0.9930, 0.9920
 MAX_STAGE_TO_SEED_EPOCH, STRETCH_STAGE_TO_SEED_EPOCH = 0.85, 0.6
+# main when issue 14 was filed: its "less time than today". The 0.85x above is that code's
+# ratio on the filer's machine; the report measures it on this one, side by side.
+BASELINE_REV = "8942048edbf5346d59ace98aee75f1d562e5a0df"
+STAGE_RUNS = 5  # of the seed loop, the stage and the baseline, alternating; --quick: 1
 MAX_SECONDS_TO_TARGET = 3.0
 MIN_RATE_FRACTION = 0.5
 FIXED_COST_BATCH = 2  # a batch whose arithmetic is negligible: its step is the per-step cost
@@ -323,7 +329,8 @@ def mkl_path(verbose: str) -> str:
 # --- the seed notebook's loop, as it was (in a process of its own) ------------------------
 
 def seed_notebook_epoch() -> None:
-    """One epoch of pytorch/examples' MNIST loop as the notebook ran it; prints its seconds."""
+    """One epoch of pytorch/examples' MNIST loop as the notebook ran it, training then
+    scoring the test set; prints the seconds of both and of the test pass."""
     from torchvision import datasets, transforms
 
     torch.set_num_threads(2)
@@ -338,6 +345,8 @@ def seed_notebook_epoch() -> None:
         loader = torch.utils.data.DataLoader(
             datasets.MNIST(root, train=True, transform=transform), batch_size=1000,
             shuffle=True)
+        test_set = datasets.MNIST(root, train=False, transform=transform)
+        test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
         model = build_model("seed")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
         started = time.perf_counter()
@@ -346,7 +355,37 @@ def seed_notebook_epoch() -> None:
             optimizer.zero_grad()
             F.nll_loss(model(data), target).backward()
             optimizer.step()
-    print(json.dumps({"epoch_seconds": time.perf_counter() - started}))
+        trained = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(data).argmax(1) == target).sum()) for data, target
+                          in test_loader)
+        done = time.perf_counter()
+    print(json.dumps({"epoch_seconds": done - started, "test_seconds": done - trained,
+                      "test_accuracy": correct / len(test_set)}))
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str = BASELINE_REV, raw: Path = REPO_ROOT / "data" / "raw",
+                  repo: Path = REPO_ROOT) -> Iterator[Path]:
+    """A temporary worktree of ``rev`` holding its own prepared data (its preprocess stage,
+    run on ``raw``) and its code compiled, so that no run of it pays for that."""
+    with worktree(rev, "bench-baseline-", repo) as tree:
+        (tree / "data").mkdir(exist_ok=True)
+        (tree / "data" / "raw").symlink_to(raw.resolve(), target_is_directory=True)
+        run([sys.executable, "-m", "stages.preprocess"], tree, {"PYTHONPATH": str(tree)})
+        run([sys.executable, "-m", "compileall", "-q", "stages"], tree)
+        yield tree
+
+
+def baseline_stage(tree: Path) -> Process:
+    """The train stage of a ``baseline_tree`` from scratch: whatever an earlier run left
+    (outputs, a state to resume from) goes first, and edited files return to the commit."""
+    keep = ("/data/raw", "/data/prepared", "__pycache__")
+    subprocess.run(["git", "clean", "-ffdxq", *(f"--exclude={path}" for path in keep)],
+                   cwd=tree, check=True)
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=tree, check=True)
+    return run([sys.executable, "-m", "stages.train"], tree, {"PYTHONPATH": str(tree)})
 
 
 # --- the whole run --------------------------------------------------------------------------
@@ -354,15 +393,22 @@ def seed_notebook_epoch() -> None:
 def measure(quick: bool) -> dict[str, Any]:
     defaults = Params()
     configure_torch(defaults.train.threads, torch.device("cpu"))
-    runs = 1 if quick else 3
-    results: dict[str, Any] = {"seed_epoch": [], "stage": [], "unfrozen": [], "ddp": {}}
-    for number in range(1, runs + 1):  # alternating, so load on the machine hits both alike
-        log(f"seed notebook epoch and default train stage, run {number}/{runs}")
-        loop = run([sys.executable, "-m", "benchmarks.train_speed", "--seed-notebook-epoch"])
-        results["seed_epoch"].append(json.loads(loop.stdout)["epoch_seconds"])
-        results["stage"].append(stage_process("train", defaults, ["data/prepared"]))
-        results["unfrozen"].append(stage_process("train", defaults, ["data/prepared"],
-                                                 [sys.executable, "-c", UNFROZEN_TRAIN]))
+    runs = 1 if quick else STAGE_RUNS
+    results: dict[str, Any] = {"seed_epoch": [], "seed_test": [], "stage": [], "unfrozen": [],
+                               "baseline": [], "ddp": {}}
+    log(f"the train stage at {BASELINE_REV[:7]}: a worktree and its preprocess stage")
+    with baseline_tree() as tree:
+        for number in range(1, runs + 1):  # alternating, so load on the machine hits all alike
+            log(f"seed notebook epoch, the train stage, unfrozen and at {BASELINE_REV[:7]}: "
+                f"run {number}/{runs}")
+            loop = json.loads(run([sys.executable, "-m", "benchmarks.train_speed",
+                                   "--seed-notebook-epoch"]).stdout)
+            results["seed_epoch"].append(loop["epoch_seconds"])
+            results["seed_test"].append(loop["test_seconds"])
+            results["stage"].append(stage_process("train", defaults, ["data/prepared"]))
+            results["unfrozen"].append(stage_process("train", defaults, ["data/prepared"],
+                                                     [sys.executable, "-c", UNFROZEN_TRAIN]))
+            results["baseline"].append(baseline_stage(tree))
     for nproc, threads in ((1, 1), (2, 1), (1, 2)):
         log(f"train stage, nproc {nproc} x {threads} thread(s)")
         results["ddp"][(nproc, threads)] = stage_process(
@@ -410,7 +456,9 @@ def check_targets(results: dict[str, Any]) -> list[Target]:
     accuracies = list(results["seeds"].values())
     mean, low = statistics.mean(accuracies), min(accuracies)
     stage = statistics.median(p.seconds for p in results["stage"])
-    ratio = stage / statistics.median(results["seed_epoch"])
+    seed_epoch = statistics.median(results["seed_epoch"])
+    ratio = stage / seed_epoch
+    baseline = statistics.median(p.seconds for p in results["baseline"]) / seed_epoch
     reached = results["trajectory"].to_target
     fraction = results["gflops"] / reference_gflops(results)
     budget = step_budget(results)
@@ -422,6 +470,9 @@ def check_targets(results: dict[str, Any]) -> list[Target]:
                f"{ratio:.2f}x ({stage:.1f} s)", ratio <= MAX_STAGE_TO_SEED_EPOCH),
         Target(f"stretch: <= {STRETCH_STAGE_TO_SEED_EPOCH}x", f"{ratio:.2f}x",
                ratio <= STRETCH_STAGE_TO_SEED_EPOCH),
+        Target(f"no slower than today (the stage of {BASELINE_REV[:7]}, main when the issue "
+               "was filed), both against the same seed-loop epochs",
+               f"{ratio:.2f}x against {baseline:.2f}x", ratio <= baseline),
         Target(f"{TARGET_ACCURACY:.0%} within {MAX_SECONDS_TO_TARGET:g} s of training",
                "not reached" if reached is None else f"{reached:.1f} s",
                reached is not None and reached <= MAX_SECONDS_TO_TARGET),
@@ -474,14 +525,21 @@ def render(results: dict[str, Any], quick: bool) -> str:
         *(f"| {t.name} | {t.measured} | {'PASS' if t.passed else '**FAIL**'} |"
           for t in targets), "",
         "## The train stage against the seed notebook's loop", "",
-        f"- one epoch of the seed loop (per-item transforms, DataLoader, batch 1000): median "
-        f"{statistics.median(results['seed_epoch']):.1f} s over {len(results['seed_epoch'])}",
+        "- one epoch of the seed loop as the notebook runs it (training through a DataLoader "
+        "with per-item transforms at batch 1000, then scoring the test set): median "
+        f"{statistics.median(results['seed_epoch']):.1f} s over {len(results['seed_epoch'])}, "
+        f"the test pass {statistics.median(results['seed_test']):.1f} s of it",
         f"- the whole default train stage, start to exit: median {stage_s:.1f} s; its epochs "
         f"{statistics.median(epochs):.1f} s each, so {stage_s - sum(epochs) / len(stage):.1f} s "
         "of start-up and outputs",
         "- the same stage with `gc.freeze()` made a no-op, as it ran before `run_stage` froze "
         f"the collector (alternating with the above): median "
-        f"{statistics.median(p.seconds for p in results['unfrozen']):.1f} s", "",
+        f"{statistics.median(p.seconds for p in results['unfrozen']):.1f} s",
+        f"- the default train stage of {BASELINE_REV[:7]}, main when issue 14 was filed (its "
+        "code, params and prepared data, from a temporary worktree; alternating with the "
+        f"above): median {statistics.median(p.seconds for p in results['baseline']):.1f} s, "
+        f"final test accuracy {final_accuracy(results['baseline'][0])}",
+        "",
         "## Data-parallel training (`train.nproc`)", "",
         "| processes x threads | whole stage (s) | epoch (s) | final test acc |",
         "|---|---:|---:|---:|",
@@ -524,6 +582,11 @@ def render(results: dict[str, Any], quick: bool) -> str:
         *budget_lines(step_budget(results), results),
     ]
     return "\n".join(lines)
+
+
+def final_accuracy(stage: Process) -> str:
+    epochs = stage.epochs()
+    return f"{epochs[-1][1]:.2%}" if epochs else "not in its output"
 
 
 def seed_row(accuracies: dict[int, float], note: str) -> str:

@@ -240,10 +240,7 @@ def recomputed(sha: str) -> Iterator[str]:
     show and dvc plots diff read like any revision. The worktree goes, also on failure.
     """
     cache = Path(command("dvc", "cache", "dir").strip()).resolve()
-    scratch = Path(tempfile.mkdtemp(prefix="review-base-"))
-    tree = scratch / "base"
-    try:
-        command("git", "worktree", "add", "--detach", str(tree), sha)
+    with worktree(sha, "review-base-") as tree:
         command("dvc", "config", "--local", "cache.dir", str(cache), cwd=tree)
         shutil.rmtree(Layout(tree).metrics, ignore_errors=True)
         print(f"review: dvc repro of {sha[:10]} in {tree}", file=sys.stderr, flush=True)
@@ -253,10 +250,22 @@ def recomputed(sha: str) -> Iterator[str]:
         command("git", "add", "-A", cwd=tree)
         yield command("git", "-c", "user.name=mnist-dvc review", "-c",
                       "user.email=review@localhost", "stash", "create", cwd=tree).strip() or sha
+
+
+@contextlib.contextmanager
+def worktree(rev: str, prefix: str, repo: Path | None = None) -> Iterator[Path]:
+    """A temporary detached git worktree of ``rev`` (of the repository at ``repo``, or
+    here); it goes afterwards, also on failure."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    tree = scratch / "tree"
+    try:
+        command("git", "worktree", "add", "--detach", str(tree), rev, cwd=repo)
+        yield tree
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], capture_output=True)
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo,
+                       capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
 
 
 def read_predictions(data: bytes, origin: str) -> tuple[np.ndarray, np.ndarray]:
