@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.stage_anatomy import run_steps
+from stages.errors import StageError
 from stages.model import build_model, score
 from stages.params import Params, params_yaml, with_train
 from stages.prepared import read_split
@@ -627,7 +628,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seed_notebook_epoch:
         seed_notebook_epoch()
         return
-    report = render(measure(args.quick), args.quick)
+    try:
+        report = render(measure(args.quick), args.quick)
+    except StageError as err:  # e.g. a clone without the baseline commit
+        sys.exit(f"benchmark: {err}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
     log(f"wrote {args.output}")

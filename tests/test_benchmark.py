@@ -25,6 +25,7 @@ from benchmarks.train_speed import (
     step_flops,
     time_to_accuracy,
 )
+from stages.errors import StageError
 from stages.model import score
 from stages.params import with_train
 from stages.prepared import read_split
@@ -266,3 +267,10 @@ def test_the_baseline_stage_runs_its_commit_from_scratch_in_a_worktree(pipeline)
     assert [accuracy > 0.9 for _, accuracy in run.epochs()] == [True]  # the committed epoch
     assert not tree.exists()
     assert len(repo.git("worktree", "list").stdout.splitlines()) == 1
+
+
+def test_a_clone_without_the_baseline_commit_fails_in_one_line():
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(StageError, match=f"invalid reference: {missing}$"), \
+            baseline_tree(missing):
+        pass
