@@ -67,10 +67,12 @@ MKL_BUILD = re.compile(r"^MKL_VERBOSE oneMKL .*? for (.+?processors)", re.MULTIL
 # Targets of issue 14 (CPU, defaults, this 2-core class of machine)
 MIN_MEAN_ACCURACY, MIN_SEED_ACCURACY = 0.9930, 0.9920
 MAX_STAGE_TO_SEED_EPOCH, STRETCH_STAGE_TO_SEED_EPOCH = 0.85, 0.6
-# main when issue 14 was filed: its "less time than today". The 0.85x above is that code's
-# ratio on the filer's machine; the report measures it on this one, side by side.
+# Main when issue 14 was filed: the "today" of "no slower than today relative to the seed
+# loop". The issue wrote today as 0.84x, measured on its filer's machine, hence the 0.85x
+# above; the report measures today's stage on this machine, in the same rounds.
 BASELINE_REV = "8942048edbf5346d59ace98aee75f1d562e5a0df"
-STAGE_RUNS = 5  # of the seed loop, the stage and the baseline, alternating; --quick: 1
+BASELINE = BASELINE_REV[:7]
+STAGE_RUNS = 5  # rounds of the seed loop, the stage and the baseline; --quick: 1
 MAX_SECONDS_TO_TARGET = 3.0
 MIN_RATE_FRACTION = 0.5
 FIXED_COST_BATCH = 2  # a batch whose arithmetic is negligible: its step is the per-step cost
@@ -383,10 +385,15 @@ def baseline_stage(tree: Path) -> Process:
     """The train stage of a ``baseline_tree`` from scratch: whatever an earlier run left
     (outputs, a state to resume from) goes first, and edited files return to the commit."""
     keep = ("/data/raw", "/data/prepared", "__pycache__")
-    subprocess.run(["git", "clean", "-ffdxq", *(f"--exclude={path}" for path in keep)],
-                   cwd=tree, check=True)
-    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=tree, check=True)
+    run(["git", "clean", "-ffdxq", *(f"--exclude={path}" for path in keep)], tree)
+    run(["git", "checkout", "-q", "--", "."], tree)
     return run([sys.executable, "-m", "stages.train"], tree, {"PYTHONPATH": str(tree)})
+
+
+def paired_ratios(results: dict[str, Any]) -> list[float]:
+    """This stage's time over today's, round by round: the load of each round hits both."""
+    return [new.seconds / old.seconds
+            for new, old in zip(results["stage"], results["baseline"], strict=True)]
 
 
 # --- the whole run --------------------------------------------------------------------------
@@ -395,21 +402,25 @@ def measure(quick: bool) -> dict[str, Any]:
     defaults = Params()
     configure_torch(defaults.train.threads, torch.device("cpu"))
     runs = 1 if quick else STAGE_RUNS
-    results: dict[str, Any] = {"seed_epoch": [], "seed_test": [], "stage": [], "unfrozen": [],
-                               "baseline": [], "ddp": {}}
-    log(f"the train stage at {BASELINE_REV[:7]}: a worktree and its preprocess stage")
+    run([sys.executable, "-m", "compileall", "-q", "stages"])  # as baseline_tree does for its own
+    log(f"the train stage at {BASELINE}: a worktree and its preprocess stage")
     with baseline_tree() as tree:
-        for number in range(1, runs + 1):  # alternating, so load on the machine hits all alike
-            log(f"seed notebook epoch, the train stage, unfrozen and at {BASELINE_REV[:7]}: "
-                f"run {number}/{runs}")
-            loop = json.loads(run([sys.executable, "-m", "benchmarks.train_speed",
-                                   "--seed-notebook-epoch"]).stdout)
-            results["seed_epoch"].append(loop["epoch_seconds"])
-            results["seed_test"].append(loop["test_seconds"])
-            results["stage"].append(stage_process("train", defaults, ["data/prepared"]))
-            results["unfrozen"].append(stage_process("train", defaults, ["data/prepared"],
-                                                     [sys.executable, "-c", UNFROZEN_TRAIN]))
-            results["baseline"].append(baseline_stage(tree))
+        contenders: dict[str, Callable[[], Any]] = {
+            "seed_loop": lambda: json.loads(run([sys.executable, "-m", "benchmarks.train_speed",
+                                                 "--seed-notebook-epoch"]).stdout),
+            "stage": lambda: stage_process("train", defaults, ["data/prepared"]),
+            "unfrozen": lambda: stage_process("train", defaults, ["data/prepared"],
+                                              [sys.executable, "-c", UNFROZEN_TRAIN]),
+            "baseline": lambda: baseline_stage(tree),
+        }
+        results: dict[str, Any] = {name: [] for name in contenders}
+        names = list(contenders)
+        for number in range(runs):  # each contender takes every place in the order in turn
+            log(f"seed notebook epoch, the train stage, unfrozen and at {BASELINE}: "
+                f"round {number + 1}/{runs}")
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                results[name].append(contenders[name]())
+    results["ddp"] = {}
     for nproc, threads in ((1, 1), (2, 1), (1, 2)):
         log(f"train stage, nproc {nproc} x {threads} thread(s)")
         results["ddp"][(nproc, threads)] = stage_process(
@@ -457,9 +468,10 @@ def check_targets(results: dict[str, Any]) -> list[Target]:
     accuracies = list(results["seeds"].values())
     mean, low = statistics.mean(accuracies), min(accuracies)
     stage = statistics.median(p.seconds for p in results["stage"])
-    seed_epoch = statistics.median(results["seed_epoch"])
+    seed_epoch = statistics.median(loop["epoch_seconds"] for loop in results["seed_loop"])
     ratio = stage / seed_epoch
     baseline = statistics.median(p.seconds for p in results["baseline"]) / seed_epoch
+    paired = paired_ratios(results)
     reached = results["trajectory"].to_target
     fraction = results["gflops"] / reference_gflops(results)
     budget = step_budget(results)
@@ -471,9 +483,11 @@ def check_targets(results: dict[str, Any]) -> list[Target]:
                f"{ratio:.2f}x ({stage:.1f} s)", ratio <= MAX_STAGE_TO_SEED_EPOCH),
         Target(f"stretch: <= {STRETCH_STAGE_TO_SEED_EPOCH}x", f"{ratio:.2f}x",
                ratio <= STRETCH_STAGE_TO_SEED_EPOCH),
-        Target(f"no slower than today (the stage of {BASELINE_REV[:7]}, main when the issue "
-               "was filed), both against the same seed-loop epochs",
-               f"{ratio:.2f}x against {baseline:.2f}x", ratio <= baseline),
+        Target(f"no slower than today, the stage of {BASELINE} (main when the issue was "
+               "filed): this stage's time over today's, round by round",
+               f"median {statistics.median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f}); "
+               f"{ratio:.2f}x against {baseline:.2f}x of the seed loop",
+               statistics.median(paired) <= 1),
         Target(f"{TARGET_ACCURACY:.0%} within {MAX_SECONDS_TO_TARGET:g} s of training",
                "not reached" if reached is None else f"{reached:.1f} s",
                reached is not None and reached <= MAX_SECONDS_TO_TARGET),
@@ -528,16 +542,17 @@ def render(results: dict[str, Any], quick: bool) -> str:
         "## The train stage against the seed notebook's loop", "",
         "- one epoch of the seed loop as the notebook runs it (training through a DataLoader "
         "with per-item transforms at batch 1000, then scoring the test set): median "
-        f"{statistics.median(results['seed_epoch']):.1f} s over {len(results['seed_epoch'])}, "
-        f"the test pass {statistics.median(results['seed_test']):.1f} s of it",
+        f"{statistics.median(loop['epoch_seconds'] for loop in results['seed_loop']):.1f} s "
+        f"over {len(results['seed_loop'])}, the test pass "
+        f"{statistics.median(loop['test_seconds'] for loop in results['seed_loop']):.1f} s of it",
         f"- the whole default train stage, start to exit: median {stage_s:.1f} s; its epochs "
         f"{statistics.median(epochs):.1f} s each, so {stage_s - sum(epochs) / len(stage):.1f} s "
         "of start-up and outputs",
         "- the same stage with `gc.freeze()` made a no-op, as it ran before `run_stage` froze "
-        f"the collector (alternating with the above): median "
+        f"the collector (in the same rounds): median "
         f"{statistics.median(p.seconds for p in results['unfrozen']):.1f} s",
-        f"- the default train stage of {BASELINE_REV[:7]}, main when issue 14 was filed (its "
-        "code, params and prepared data, from a temporary worktree; alternating with the "
+        f"- the default train stage of {BASELINE}, main when issue 14 was filed (its code, "
+        "params and prepared data, from a temporary worktree; in the same rounds as the "
         f"above): median {statistics.median(p.seconds for p in results['baseline']):.1f} s, "
         f"final test accuracy {final_accuracy(results['baseline'][0])}",
         "",
@@ -586,6 +601,7 @@ def render(results: dict[str, Any], quick: bool) -> str:
 
 
 def final_accuracy(stage: Process) -> str:
+    """The test accuracy of a train stage's last epoch, from its output."""
     epochs = stage.epochs()
     return f"{epochs[-1][1]:.2%}" if epochs else "not in its output"
 
