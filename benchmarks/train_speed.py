@@ -44,7 +44,8 @@ from stages.errors import StageError
 from stages.model import build_model, score
 from stages.params import Params, params_yaml, with_train
 from stages.prepared import read_split
-from stages.review import machine, worktree
+from stages.review import machine
+from stages.revisions import worktree
 from stages.runtime import TensorSplit, configure_torch, to_device
 from stages.train import SCORE_BATCH_SIZE
 from stages.training import Trainer

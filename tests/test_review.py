@@ -21,7 +21,7 @@ from scipy.stats import binomtest
 from stages import review
 from stages.errors import StageError
 from stages.idx import encode_idx
-from stages.params import Params, dump_yaml, parse_yaml
+from stages.params import Params
 from stages.review import Comparison, Review
 
 # the committed default learning rate, as the params table prints it
@@ -240,20 +240,6 @@ def test_the_grid_of_changed_digits_shows_each_image_and_its_caption(tmp_path):
     assert missing == {} and "no grids of the fixed and broken digits" in notes[0]
 
 
-@pytest.mark.parametrize(("status", "stale"), [
-    ({}, []),
-    ({"preprocess": [{"changed deps": {"data/raw": "deleted"}}],  # a fresh clone: no data/
-      "train": [{"changed outs": {"data/model": "deleted"}}, "always changed"]}, []),
-    ({"train": [{"changed deps": {"params.yaml": {"train.lr": "modified"}}}],
-      "evaluate": [{"changed deps": {"data/model": "modified"}}]}, ["evaluate", "train"]),
-    ({"train": [{"changed deps": {"stages/new.py": "new"}}],
-      "evaluate": [{"changed command": True}]}, ["evaluate", "train"]),
-])
-def test_stale_stages_are_those_whose_inputs_were_edited(monkeypatch, status, stale):
-    monkeypatch.setattr(review, "command", lambda *args, **kwargs: json.dumps(status))
-    assert review.stale_stages() == stale
-
-
 # --- seed spread -------------------------------------------------------------------------------
 def exp_show(baseline: dict, experiments: list[tuple[dict, float | None]]) -> list[dict]:
     """`dvc exp show --json` as dvc 3.67 shapes it: the workspace, then HEAD and its exps."""
@@ -295,67 +281,6 @@ def test_seed_spread_without_a_sweep_is_one_error():
     base = {"train": {"seed": 1, "lr": 0.025}}
     with pytest.raises(StageError, match="run a seed sweep first"):
         review.seed_spread(exp_show(base, [(with_train(base, lr=0.02), 0.99)]), "m")
-
-
-# --- git-side checks, in a small temporary git repository --------------------------------------
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
-                          text=True).stdout
-
-
-@pytest.fixture
-def git_repo(tmp_path, monkeypatch) -> Path:
-    for key in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
-        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
-    root = tmp_path / "repo"
-    (root / "stages").mkdir(parents=True)
-    (root / "metrics").mkdir()
-    pipeline = {"stages": {"train": {"cmd": "python -m stages.train",
-                                     "deps": ["data/prepared", "stages/train.py", "stages/a.py"],
-                                     "outs": ["data/model"],
-                                     "metrics": [{"metrics/train.json": {"cache": False}}]},
-                           "evaluate": {"cmd": "python -m stages.evaluate",
-                                        "deps": ["stages/evaluate.py"],
-                                        "plots": ["metrics/predictions.csv"]}}}
-    (root / "dvc.yaml").write_text(dump_yaml(pipeline))
-    for name in ("train.py", "a.py", "evaluate.py", "other.py"):
-        (root / "stages" / name).write_text("x = 1\n")
-    for name in ("train.json", "predictions.csv"):
-        (root / "metrics" / name).write_text("{}\n")
-    (root / "params.yaml").write_text("train:\n  lr: 0.1\n")
-    (root / "dvc.lock").write_text("schema: '2.0'\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
-    monkeypatch.chdir(root)
-    return root
-
-
-def test_changed_code_lists_the_pipelines_code_deps_that_differ(git_repo):
-    (git_repo / "stages" / "train.py").write_text("x = 2\n")
-    (git_repo / "stages" / "other.py").write_text("x = 2\n")  # not a dep: not listed
-    git(git_repo, "commit", "-qam", "change train")
-    (git_repo / "stages" / "evaluate.py").write_text("x = 3\n")
-    pipeline = parse_yaml((git_repo / "dvc.yaml").read_text())
-    pipeline["stages"]["evaluate"]["deps"].append("stages/new.py")
-    (git_repo / "dvc.yaml").write_text(dump_yaml(pipeline))
-    (git_repo / "stages" / "new.py").write_text("y = 1\n")  # untracked, and a dep now
-    assert review.changed_code(git(git_repo, "rev-parse", "main~1").strip()) == [
-        ("stages/evaluate.py", True), ("stages/new.py", True), ("stages/train.py", False)]
-    assert review.changed_code("HEAD") == [("stages/evaluate.py", True),
-                                           ("stages/new.py", True)]
-
-
-def test_rerun_refuses_uncommitted_edits_but_not_rewritten_outputs(git_repo):
-    (git_repo / "metrics" / "train.json").write_text('{"a": 1}\n')
-    (git_repo / "metrics" / "predictions.csv").write_text("image\n")
-    (git_repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    review.require_committed()  # what `dvc repro` on another machine leaves: fine
-    (git_repo / "params.yaml").write_text("train:\n  lr: 0.2\n")
-    with pytest.raises(StageError, match=r"uncommitted changes \(params.yaml\): commit them "
-                                         r"\(or git stash them\)"):
-        review.require_committed()
 
 
 def test_without_dvc_on_path_review_stops_in_one_line(tmp_path, monkeypatch):

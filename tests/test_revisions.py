@@ -1,0 +1,102 @@
+"""stages.revisions: what changed since a revision, in a small temporary git repository;
+a temporary worktree that goes afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stages import revisions
+from stages.errors import StageError
+from stages.params import dump_yaml, parse_yaml
+
+
+@pytest.mark.parametrize(("status", "stale"), [
+    ({}, []),
+    ({"preprocess": [{"changed deps": {"data/raw": "deleted"}}],  # a fresh clone: no data/
+      "train": [{"changed outs": {"data/model": "deleted"}}, "always changed"]}, []),
+    ({"train": [{"changed deps": {"params.yaml": {"train.lr": "modified"}}}],
+      "evaluate": [{"changed deps": {"data/model": "modified"}}]}, ["evaluate", "train"]),
+    ({"train": [{"changed deps": {"stages/new.py": "new"}}],
+      "evaluate": [{"changed command": True}]}, ["evaluate", "train"]),
+])
+def test_stale_stages_are_those_whose_inputs_were_edited(monkeypatch, status, stale):
+    monkeypatch.setattr(revisions, "command", lambda *args, **kwargs: json.dumps(status))
+    assert revisions.stale_stages() == stale
+
+
+# --- git-side checks, in a small temporary git repository --------------------------------------
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def git_repo(tmp_path, monkeypatch) -> Path:
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    root = tmp_path / "repo"
+    (root / "stages").mkdir(parents=True)
+    (root / "metrics").mkdir()
+    pipeline = {"stages": {"train": {"cmd": "python -m stages.train",
+                                     "deps": ["data/prepared", "stages/train.py", "stages/a.py"],
+                                     "outs": ["data/model"],
+                                     "metrics": [{"metrics/train.json": {"cache": False}}]},
+                           "evaluate": {"cmd": "python -m stages.evaluate",
+                                        "deps": ["stages/evaluate.py"],
+                                        "plots": ["metrics/predictions.csv"]}}}
+    (root / "dvc.yaml").write_text(dump_yaml(pipeline))
+    for name in ("train.py", "a.py", "evaluate.py", "other.py"):
+        (root / "stages" / name).write_text("x = 1\n")
+    for name in ("train.json", "predictions.csv"):
+        (root / "metrics" / name).write_text("{}\n")
+    (root / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_changed_code_lists_the_pipelines_code_deps_that_differ(git_repo):
+    (git_repo / "stages" / "train.py").write_text("x = 2\n")
+    (git_repo / "stages" / "other.py").write_text("x = 2\n")  # not a dep: not listed
+    git(git_repo, "commit", "-qam", "change train")
+    (git_repo / "stages" / "evaluate.py").write_text("x = 3\n")
+    pipeline = parse_yaml((git_repo / "dvc.yaml").read_text())
+    pipeline["stages"]["evaluate"]["deps"].append("stages/new.py")
+    (git_repo / "dvc.yaml").write_text(dump_yaml(pipeline))
+    (git_repo / "stages" / "new.py").write_text("y = 1\n")  # untracked, and a dep now
+    assert revisions.changed_code(git(git_repo, "rev-parse", "main~1").strip()) == [
+        ("stages/evaluate.py", True), ("stages/new.py", True), ("stages/train.py", False)]
+    assert revisions.changed_code("HEAD") == [("stages/evaluate.py", True),
+                                           ("stages/new.py", True)]
+
+
+def test_rerun_refuses_uncommitted_edits_but_not_rewritten_outputs(git_repo):
+    (git_repo / "metrics" / "train.json").write_text('{"a": 1}\n')
+    (git_repo / "metrics" / "predictions.csv").write_text("image\n")
+    (git_repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    revisions.require_committed()  # what `dvc repro` on another machine leaves: fine
+    (git_repo / "params.yaml").write_text("train:\n  lr: 0.2\n")
+    with pytest.raises(StageError, match=r"uncommitted changes \(params.yaml\): commit them "
+                                         r"\(or git stash them\)"):
+        revisions.require_committed()
+
+
+def test_a_worktree_holds_the_revision_and_goes_also_when_the_work_fails(git_repo):
+    base = git(git_repo, "rev-parse", "HEAD").strip()
+    (git_repo / "stages" / "train.py").write_text("x = 2\n")
+    git(git_repo, "commit", "-qam", "change train")
+    with pytest.raises(RuntimeError, match="the work failed"), \
+            revisions.worktree(base, "test-") as tree:
+        assert (tree / "stages" / "train.py").read_text() == "x = 1\n"  # the revision's
+        assert git(tree, "rev-parse", "HEAD").strip() == base
+        raise RuntimeError("the work failed")
+    assert not tree.exists() and not tree.parent.exists()
+    assert git(git_repo, "worktree", "list", "--porcelain").count("worktree ") == 1
