@@ -45,6 +45,7 @@ from stages.revisions import (
     changed_code,
     command,
     git_show,
+    read_bytes,
     recomputed,
     require_committed,
     stale_stages,
@@ -149,10 +150,6 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     return result
-
-
-def read_bytes(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
 
 
 def read_json(path: Path | str, data: bytes | None = None) -> Any:

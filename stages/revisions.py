@@ -46,10 +46,13 @@ def require_committed() -> None:
 
 def pipeline(text: bytes | None = None) -> dict[str, dict]:
     """The stages of dvc.yaml (this one, or ``text``)."""
-    if text is None:
-        text = Path("dvc.yaml").read_bytes() if Path("dvc.yaml").is_file() else b""
-    data = parse_yaml(text) or {}
+    data = parse_yaml((read_bytes(Path("dvc.yaml")) or b"") if text is None else text) or {}
     return data.get("stages", {})
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """A file as the workspace holds it; None where it is not (``git_show``'s counterpart)."""
+    return path.read_bytes() if path.is_file() else None
 
 
 def git_show(rev: str, path: str) -> bytes | None:

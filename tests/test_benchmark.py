@@ -25,7 +25,6 @@ from benchmarks.train_speed import (
     step_flops,
     time_to_accuracy,
 )
-from stages.errors import StageError
 from stages.model import score
 from stages.params import with_train
 from stages.prepared import read_split
@@ -275,23 +274,3 @@ def test_the_baseline_stage_runs_its_commit_from_scratch_in_a_worktree(pipeline)
     assert [accuracy > 0.9 for _, accuracy in run.epochs()] == [True]  # the committed epoch
     assert not tree.exists()
     assert len(repo.git("worktree", "list").stdout.splitlines()) == 1
-
-
-def test_the_baseline_worktree_goes_also_when_its_set_up_fails(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ("git", "-c", "user.name=t", "-c", "user.email=t@localhost")
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    (repo / "README.md").write_text("no stages here\n")
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "x"], cwd=repo, check=True)
-    missing = "0123456789abcdef0123456789abcdef01234567"
-    with pytest.raises(StageError, match=f"invalid reference: {missing}$"), \
-            baseline_tree(missing, tmp_path, repo):
-        pass
-    with pytest.raises(SystemExit, match=r"stages\.preprocess"), \
-            baseline_tree("HEAD", tmp_path / "no-raw-data", repo):  # its preprocess fails
-        pass
-    worktrees = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout
-    assert worktrees.count("worktree ") == 1  # the repository's own

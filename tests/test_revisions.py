@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,4 +100,15 @@ def test_a_worktree_holds_the_revision_and_goes_also_when_the_work_fails(git_rep
         assert git(tree, "rev-parse", "HEAD").strip() == base
         raise RuntimeError("the work failed")
     assert not tree.exists() and not tree.parent.exists()
+    assert git(git_repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_a_revision_git_does_not_know_is_one_line_and_leaves_nothing(git_repo):
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("unknown-rev-*"))
+    refused = f"git worktree add: fatal: invalid reference: {missing}$"
+    with pytest.raises(StageError, match=refused), revisions.worktree(missing, "unknown-rev-"):
+        pass
+    assert set(scratch.glob("unknown-rev-*")) == before  # its scratch directory went too
     assert git(git_repo, "worktree", "list", "--porcelain").count("worktree ") == 1
