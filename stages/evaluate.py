@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stages.artifacts import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from stages.errors import run_stage
-from stages.layout import Layout
-from stages.model import load_model, score
-from stages.params import EvaluateParams, load_params
-from stages.pictures import digit_grid, png_bytes
-from stages.prepared import Normalization, read_split
-from stages.runtime import configure_torch, select_device, to_device
+from mnist_dvc.config.params import EvaluateParams, load_params
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.digit_grid import digit_grid, png_bytes
+from mnist_dvc.data.prepared import Normalization, read_split
+from mnist_dvc.errors import run_stage
+from mnist_dvc.files import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from mnist_dvc.model.nets import load_model, score
+from mnist_dvc.runtime import configure_torch, select_device, to_device
 
 DIGITS = range(10)
 SCORES = ("precision", "recall", "f1")  # per digit

@@ -1,6 +1,6 @@
 """Stage 2, preprocess: parse and validate the IDX files, cache normalized arrays.
 
-Writes ``data/prepared/{train,test}_{images,labels}.npy`` (format: stages/prepared.py), with
+Writes ``data/prepared/{train,test}_{images,labels}.npy`` (format: mnist_dvc/data/prepared.py), with
 images mapped exactly as torchvision's ``ToTensor()`` then ``Normalize(mean, std)`` would map
 them, so training needs no per-item transform, and ``normalization.json`` beside them. Runs
 without importing torch.
@@ -12,12 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.canonical import CANONICAL_FILES, verify_raw_dir
-from stages.errors import StageError, run_stage
-from stages.idx import read_idx
-from stages.layout import Layout
-from stages.params import PreprocessParams, load_params
-from stages.prepared import SPLITS, Normalization, normalize, write_normalization, write_split
+from mnist_dvc.config.params import PreprocessParams, load_params
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.idx import read_idx
+from mnist_dvc.data.mnist import CANONICAL_FILES, verify_raw_dir
+from mnist_dvc.data.prepared import (
+    SPLITS,
+    Normalization,
+    normalize,
+    write_normalization,
+    write_split,
+)
+from mnist_dvc.errors import StageError, run_stage
 
 IDX_PREFIX = {"train": "train", "test": "t10k"}
 

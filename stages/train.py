@@ -3,7 +3,7 @@
 Outputs (written once the run is complete, each atomically):
 
 - ``data/model/model.pt``: the weights, the net's name and the input normalization;
-- ``data/model/checkpoint.pt``: the final training state (stages/checkpoint.py);
+- ``data/model/checkpoint.pt``: the final training state (mnist_dvc/training/resume.py);
 - ``metrics/train.json`` and the per-epoch ``metrics/train_history.csv``.
 
 The two metrics files are also rewritten after every epoch, so ``dvc exp show`` shows a
@@ -12,7 +12,7 @@ and a run that stopped early never reads as a finished one. After every epoch th
 saved under ``data/resume/`` so that a killed run, rerun, continues exactly.
 
 With ``train.nproc`` > 1 the stage relaunches itself in that many processes with torchrun
-(stages/distributed.py).
+(mnist_dvc/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import time
 
 import torch
 
-from stages import distributed
-from stages.artifacts import write_csv_atomic, write_json_atomic
-from stages.checkpoint import ResumeStore, run_fingerprint, training_record
-from stages.distributed import Group
-from stages.errors import PeerLost, StageError, run_stage
-from stages.layout import Layout
-from stages.model import check_net, save_model, score
-from stages.params import Params, load_params
-from stages.prepared import read_normalization, read_split, split_digest
-from stages.runtime import configure_torch, select_device, to_device
-from stages.torch_io import torch_save_verified
-from stages.training import Trainer
+from mnist_dvc.config.params import Params, load_params
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.prepared import read_normalization, read_split, split_digest
+from mnist_dvc.errors import PeerLost, StageError, run_stage
+from mnist_dvc.files import write_csv_atomic, write_json_atomic
+from mnist_dvc.model.nets import check_net, save_model, score
+from mnist_dvc.model.torch_files import torch_save_verified
+from mnist_dvc.runtime import configure_torch, select_device, to_device
+from mnist_dvc.training import distributed
+from mnist_dvc.training.distributed import Group
+from mnist_dvc.training.resume import ResumeStore, run_fingerprint, training_record
+from mnist_dvc.training.trainer import Trainer
 
 SCORE_BATCH_SIZE = 1000  # larger batches score no faster and cost more memory
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stages.idx import encode_idx
-from stages.layout import Layout
-from stages.params import Params, params_yaml, parse_params, parse_yaml
+from mnist_dvc.config.params import Params, params_yaml, parse_params, parse_yaml
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.idx import encode_idx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIPELINE: dict[str, Any] = parse_yaml((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -67,7 +67,7 @@ def tiny_params() -> Params:
 def make_project(root: Path, params: Params, train_count: int = 512,
                  test_count: int = 256) -> Layout:
     """A directory laid out like the repository: params.yaml and synthetic prepared data."""
-    from stages.prepared import SPLITS, Normalization, write_normalization, write_split
+    from mnist_dvc.data.prepared import SPLITS, Normalization, write_normalization, write_split
     from stages.preprocess import prepare_split
 
     layout = Layout(root)

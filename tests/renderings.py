@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from stages.idx import read_idx
-from stages.layout import Layout
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.idx import read_idx
 
 PEN = 2  # the thin pen's width in pixels
 OVER = 4  # thin pens are drawn this many times larger, then scaled down (antialiasing)

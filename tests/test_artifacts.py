@@ -1,4 +1,5 @@
-"""Atomic writes (stages.artifacts), verified checkpoints and safe loading (stages.torch_io)."""
+"""Atomic writes (mnist_dvc.files), verified checkpoints and safe loading
+(mnist_dvc.model.torch_files)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from stages.artifacts import atomic_path, write_bytes_atomic
-from stages.errors import StageError
-from stages.torch_io import VERIFIED_HEADER, torch_load_verified, torch_save_verified
+from mnist_dvc.errors import StageError
+from mnist_dvc.files import atomic_path, write_bytes_atomic
+from mnist_dvc.model.torch_files import VERIFIED_HEADER, torch_load_verified, torch_save_verified
 from tests.conftest import REPO_ROOT
 
 

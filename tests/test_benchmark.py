@@ -25,11 +25,11 @@ from benchmarks.train_speed import (
     step_flops,
     time_to_accuracy,
 )
-from stages.model import score
-from stages.params import with_train
-from stages.prepared import read_split
-from stages.runtime import to_device
-from stages.training import Trainer
+from mnist_dvc.config.params import with_train
+from mnist_dvc.data.prepared import read_split
+from mnist_dvc.model.nets import score
+from mnist_dvc.runtime import to_device
+from mnist_dvc.training.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,7 +250,7 @@ def test_time_to_accuracy_drives_the_stages_loop_through_its_hook(project, tiny_
     assert trajectory.to_target is not None and trajectory.to_target > 0  # easy synthetic data
     assert trajectory.seconds_per_epoch > 0
     # the hook only scored: the final model is the plain loop's
-    from stages.training import Trainer
+    from mnist_dvc.training.trainer import Trainer
 
     train = to_device(read_split(project.prepared, "train"))
     test = to_device(read_split(project.prepared, "test"))

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from stages import distributed
-from stages.distributed import Group, check_process_count, join
-from stages.errors import StageError
-from stages.model import NETS
-from stages.params import TrainParams
-from stages.runtime import TensorSplit
-from stages.training import Trainer
+from mnist_dvc.config.params import TrainParams
+from mnist_dvc.errors import StageError
+from mnist_dvc.model.nets import NETS
+from mnist_dvc.runtime import TensorSplit
+from mnist_dvc.training import distributed
+from mnist_dvc.training.distributed import Group, check_process_count, join
+from mnist_dvc.training.trainer import Trainer
 from tests.test_model import TinyNet
 
 
@@ -113,7 +113,7 @@ def test_a_collective_whose_peer_died_is_recognised_where_it_failed():
 
 
 def test_other_failures_keep_their_traceback():
-    elsewhere = "/project/stages/training.py"
+    elsewhere = "/project/mnist_dvc/training/trainer.py"
     assert not distributed.lost_peer(raised_in(elsewhere, "Connection reset by peer"))
     assert not distributed.lost_peer(raised_in("/site-packages/torch/distributed/c10d.py",
                                                "mat1 and mat2 shapes cannot be multiplied"))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.layout import Layout
-from stages.params import Params, parse_params, with_train
+from mnist_dvc.config.params import Params, parse_params, with_train
+from mnist_dvc.config.workspace import Layout
 from tests.conftest import REPO_ROOT, make_project, write_params
 
 pytestmark = [pytest.mark.processes,

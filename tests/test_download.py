@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 
 import stages.download as download
-from stages.canonical import CANONICAL_FILES, MIRRORS
+from mnist_dvc.config.params import parse_params
+from mnist_dvc.data.idx import read_idx
+from mnist_dvc.data.mnist import CANONICAL_FILES, MIRRORS
+from mnist_dvc.errors import StageError
 from stages.download import CanonicalFile, SourceError
-from stages.errors import StageError
-from stages.idx import read_idx
-from stages.params import parse_params
 from tests.conftest import synthetic_digits
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.layout import Layout
-from stages.params import Params, parse_yaml
-from stages.sources import imported_modules
+from mnist_dvc.code_deps import code_files, imported_modules
+from mnist_dvc.config.params import Params, parse_yaml
+from mnist_dvc.config.workspace import Layout
 from tests.conftest import PIPELINE, REPO_ROOT
 
 
@@ -21,14 +21,14 @@ def test_stages_run_in_pipeline_order():
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_stage_runs_its_own_module_and_imports_no_other_stage(stage):
     assert PIPELINE[stage]["cmd"] == f"python -m stages.{stage}"
-    assert imported_modules(stage) & set(PIPELINE) == {stage}
+    stages = {f"stages.{name}" for name in PIPELINE}
+    assert imported_modules(f"stages.{stage}") & stages == {f"stages.{stage}"}
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_code_deps_are_exactly_the_imported_modules(stage):
-    declared = {d for d in PIPELINE[stage]["deps"] if d.startswith("stages/")}
-    expected = {f"stages/{m}.py" for m in imported_modules(stage)} - {"stages/__init__.py"}
-    assert declared == expected
+    declared = [d for d in PIPELINE[stage]["deps"] if d.endswith(".py")]
+    assert declared == code_files(f"stages.{stage}")
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))

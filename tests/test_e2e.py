@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.artifacts import file_digest
-from stages.canonical import CANONICAL_FILES
-from stages.idx import read_idx
-from stages.params import parse_yaml
+from mnist_dvc.config.params import parse_yaml
+from mnist_dvc.data.idx import read_idx
+from mnist_dvc.data.mnist import CANONICAL_FILES
+from mnist_dvc.files import file_digest
 from tests.conftest import REPO_ROOT, TINY_BUDGET
 from tests.dvc_repo import DvcRepo
 
@@ -113,7 +113,7 @@ def test_a_second_clone_restores_a_run_from_the_remote_run_cache(pipeline, tmp_p
     output = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout  # seen: restored
     assert restored(output) == {"train", "evaluate"}
     experiment = eval_metrics(repo)
-    assert "share: pushed" in repo.run("python", "-m", "stages.share").stdout
+    assert "share: pushed" in repo.run("python", "-m", "mnist_dvc", "push").stdout
     back_to_baseline(repo)
 
     clone = repo.clone(tmp_path / "clone")
@@ -291,7 +291,7 @@ def test_the_model_artifact_is_fetched_from_another_clone_and_predicts(pipeline,
         assert (elsewhere / "by-path.pt").read_bytes() == (elsewhere / "artifact.pt").read_bytes()
 
         image, label = rendered_test_digit(repo.root / "data" / "raw", elsewhere)
-        predicted = fetch.run("python", "-m", "stages.predict", "--model",
+        predicted = fetch.run("python", "-m", "mnist_dvc", "predict", "--model",
                               str(elsewhere / "artifact.pt"), "--json", str(image),
                               cwd=REPO_ROOT).stdout
         assert json.loads(predicted)[0]["digit"] == label

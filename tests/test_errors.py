@@ -1,4 +1,4 @@
-"""stages/errors.py run_stage: how a stage's process ends."""
+"""mnist_dvc/errors.py run_stage: how a stage's process ends."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from stages.errors import StageError, run_stage
+from mnist_dvc.errors import StageError, run_stage
 from tests.conftest import REPO_ROOT
 
 PROGRAM = """
-from stages.errors import run_stage
+from mnist_dvc.errors import run_stage
 
 class Cycle:
     def __del__(self):

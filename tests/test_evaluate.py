@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.errors import StageError
+from mnist_dvc.data.digit_grid import CAPTION_HEIGHT, COLUMNS, SCALE
+from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.errors import StageError
 from stages.evaluate import (
     evaluate,
     misclassified_grid,
     per_class_scores,
 )
-from stages.pictures import CAPTION_HEIGHT, COLUMNS, SCALE
-from stages.prepared import Normalization
 from stages.train import train
 
 
@@ -60,7 +60,7 @@ def test_evaluate_writes_consistent_metrics_and_plot_data(project, tiny_params):
     assert list(metrics) == ["accuracy", "errors", "loss", "macro_f1", "worst_digit_f1"]
     # the same model on the same data: evaluate agrees with train's last epoch
     assert metrics["accuracy"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)
-    assert metrics["loss"] == round(history[-1]["test_loss"], 6)  # both use stages.model.score
+    assert metrics["loss"] == round(history[-1]["test_loss"], 6)  # both score with nets.score
     predictions = pd.read_csv(project.predictions)
     assert list(predictions.columns) == ["image", "actual", "predicted", "probability"]
     assert predictions.image.tolist() == list(range(256))

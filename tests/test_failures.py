@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from stages import artifacts
-from stages.errors import StageError
+from mnist_dvc import files
+from mnist_dvc.cli import COMMANDS as COMMANDS_OF_THE_CLI
+from mnist_dvc.config.params import with_train
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.errors import StageError
 from stages.evaluate import evaluate
-from stages.layout import Layout
-from stages.params import with_train
 from stages.train import train
 from tests.conftest import PIPELINE, REPO_ROOT
 
 # every stage of dvc.yaml, and the commands beside the pipeline
-STAGE_COMMANDS = [*PIPELINE, "predict", "share"]
+COMMANDS = [["-m", f"stages.{stage}"] for stage in PIPELINE] + [
+    ["-m", "mnist_dvc", command] for command in COMMANDS_OF_THE_CLI]
 
 
 def snapshot(layout: Layout) -> dict[Path, str]:
@@ -39,7 +41,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch, after: int = 0) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(artifacts.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
 
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
@@ -79,13 +81,14 @@ def test_a_state_that_cannot_be_removed_is_one_line(project, tiny_params, monkey
     assert stale.exists() and not project.model_dir.exists()
 
 
-@pytest.mark.parametrize("command", STAGE_COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_prints_usage_and_runs_nothing(tmp_path, command):
-    done = subprocess.run([sys.executable, "-m", f"stages.{command}", "--help"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, *command, "--help"], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"usage: python -m stages.{command}")
+    name = f"python -m {command[1]}" if command[1] != "mnist_dvc" else f"mnist-dvc {command[2]}"
+    assert done.stdout.startswith(f"usage: {name}")
     assert done.stderr == "" and list(tmp_path.iterdir()) == []  # nothing read or written
 
 

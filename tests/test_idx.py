@@ -1,4 +1,4 @@
-"""stages.idx: the IDX format, written and read strictly."""
+"""mnist_dvc.data.idx: the IDX format, written and read strictly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from stages.errors import StageError
-from stages.idx import IdxError, encode_idx, read_idx
+from mnist_dvc.data.idx import IdxError, encode_idx, read_idx
+from mnist_dvc.errors import StageError
 from tests.conftest import synthetic_digits
 
 # The magic numbers the MNIST page documents: 0x00000801 for labels, 0x00000803 for images.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.layout import Layout
-from stages.params import parse_params
+from mnist_dvc.config.params import parse_params
+from mnist_dvc.config.workspace import Layout
 from tests.conftest import REPO_ROOT, make_project
 
 pytestmark = pytest.mark.processes

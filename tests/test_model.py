@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from stages.errors import StageError
-from stages.evaluate import evaluate
-from stages.model import (
+from mnist_dvc.config.params import ModelParams, ParamsError
+from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.errors import StageError
+from mnist_dvc.model.nets import (
     CHECKPOINT_KIND,
     FRAME,
     NETS,
@@ -18,9 +19,8 @@ from stages.model import (
     predict_log_probs,
     save_model,
 )
-from stages.params import ModelParams, ParamsError
-from stages.prepared import Normalization
-from stages.torch_io import torch_save_verified
+from mnist_dvc.model.torch_files import torch_save_verified
+from stages.evaluate import evaluate
 from stages.train import train
 from tests.conftest import write_params
 
@@ -90,7 +90,7 @@ def test_load_model_refuses_foreign_and_mismatched_files(tmp_path):
     with pytest.raises(StageError, match=r": is a directory, not a file"):
         load_model(tmp_path)
     save_model(tmp_path / "seed.pt", "seed", build_model("seed"), Normalization(0.1, 0.3))
-    from stages.torch_io import torch_load_verified
+    from mnist_dvc.model.torch_files import torch_load_verified
 
     saved = torch_load_verified(tmp_path / "seed.pt")
     saved["net"] = "compact"

@@ -1,4 +1,5 @@
-"""params.yaml against the schema in stages/params.py: defaults, coercion and one-line errors."""
+"""params.yaml against the schema in mnist_dvc/config/params.py: defaults, coercion and
+one-line errors."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAMLError
 
-from stages.errors import StageError
-from stages.layout import Layout
-from stages.params import (
+from mnist_dvc.config.params import (
     Params,
     ParamsError,
     dump_yaml,
@@ -25,6 +24,8 @@ from stages.params import (
     parse_params,
     parse_yaml,
 )
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.errors import StageError
 from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, write_raw_dir
 
 

@@ -17,14 +17,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from stages.digit_image import ImageError, load_image
-from stages.errors import run_stage
-from stages.idx import read_idx
-from stages.layout import Layout
-from stages.model import CHECKPOINT_KIND, build_model, load_model, predict_log_probs, save_model
-from stages.predict import main, predict_files, to_model_input
-from stages.prepared import Normalization
-from stages.torch_io import torch_save_verified
+from mnist_dvc.commands.predict import main, predict_files, to_model_input
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.digit_image import ImageError, load_image
+from mnist_dvc.data.idx import read_idx
+from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.errors import run_stage
+from mnist_dvc.model.nets import (
+    CHECKPOINT_KIND,
+    build_model,
+    load_model,
+    predict_log_probs,
+    save_model,
+)
+from mnist_dvc.model.torch_files import torch_save_verified
 from tests.conftest import REPO_ROOT
 from tests.renderings import RENDERINGS, SUFFIX, render_file
 
@@ -188,7 +194,8 @@ def test_blank_images_of_any_shade_are_reported_not_predicted(tmp_path):
 def test_missing_model_is_one_line_and_exit_1_from_the_command_line(two_sevens, tmp_path):
     model = tmp_path / "no-model.pt"
     done = subprocess.run(
-        [sys.executable, "-m", "stages.predict", "--model", str(model), str(two_sevens[0])],
+        [sys.executable, "-m", "mnist_dvc", "predict", "--model", str(model),
+         str(two_sevens[0])],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True, text=True, timeout=120)
 
@@ -332,7 +339,8 @@ def test_real_digits_as_files_are_recognised_from_the_command_line(real_digits, 
     paths = render(tmp_path / "upright", images, invert=False)
 
     # cwd is a trained project, so this also runs the default model path
-    done = subprocess.run([sys.executable, "-m", "stages.predict", "--json", *map(str, paths)],
+    done = subprocess.run([sys.executable, "-m", "mnist_dvc", "predict", "--json",
+                           *map(str, paths)],
                           cwd=trained_project, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                           capture_output=True, text=True, timeout=120)
 

@@ -15,13 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
+from mnist_dvc.config.params import Params, PreprocessParams
+from mnist_dvc.data.idx import encode_idx, read_idx
+from mnist_dvc.data.mnist import CanonicalFile
+from mnist_dvc.data.prepared import (
+    read_normalization,
+    read_split,
+    split_digest,
+    split_files,
+    write_split,
+)
+from mnist_dvc.errors import StageError
+from mnist_dvc.files import file_digest
 from stages import preprocess
-from stages.artifacts import file_digest
-from stages.canonical import CanonicalFile
-from stages.errors import StageError
-from stages.idx import encode_idx, read_idx
-from stages.params import Params, PreprocessParams
-from stages.prepared import read_normalization, read_split, split_digest, split_files, write_split
 from stages.preprocess import prepare_split
 from tests.conftest import REPO_ROOT, synthetic_digits, write_params, write_raw_dir
 
@@ -127,7 +133,7 @@ def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
 
 
 def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -> None:
-    from stages import runtime
+    from mnist_dvc import runtime
 
     write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
     split = read_split(tmp_path, "test")

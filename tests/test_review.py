@@ -1,4 +1,5 @@
-"""stages.review: McNemar's exact test, the image-by-image counts, the verdict, the report;
+"""mnist_dvc.commands.review: McNemar's exact test, the image-by-image counts, the verdict,
+the report;
 end to end (marked e2e) on the pipeline fixture's repository, against the real dvc CLI."""
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-from stages import review
-from stages.errors import StageError
-from stages.idx import encode_idx
-from stages.params import Params
-from stages.review import Comparison, Review
+from mnist_dvc.commands import review
+from mnist_dvc.commands.review import Comparison, Review
+from mnist_dvc.config.params import Params
+from mnist_dvc.data.idx import encode_idx
+from mnist_dvc.errors import StageError
 
 # the committed default learning rate, as the params table prints it
 DEFAULT_LR = f"{Params().train.lr:g}"
@@ -117,7 +118,7 @@ def synthetic_review(**changes: object) -> Review:
     fields = dict(
         base="main", source="committed at main",
         params={"params.yaml": {"train.lr": {"old": 0.025, "new": 0.02, "diff": -0.005}}},
-        code=[("stages/train.py", False), ("stages/model.py", True)],
+        code=[("stages/train.py", False), ("mnist_dvc/model/nets.py", True)],
         old={"eval.json": {"accuracy": 0.9921, "errors": 79, "loss": 0.025132},
              "train.json": {"epoch": 2, "train_loss": 0.03}},
         new={"eval.json": {"accuracy": 0.9928, "errors": 72, "loss": 0.0251, "macro_f1": 0.99},
@@ -146,7 +147,7 @@ def test_the_report_shows_params_code_metrics_verdict_spread_and_charts():
     r = synthetic_review()
     report = review.render_report(r)
     assert table_rows(report, "### Params") == {"train.lr": ["0.025", "0.02"]}
-    assert "- `stages/train.py`\n- `stages/model.py` (uncommitted)" in report
+    assert "- `stages/train.py`\n- `mnist_dvc/model/nets.py` (uncommitted)" in report
     rows = table_rows(report, "### metrics/eval.json")
     for key, cells in rows.items():
         old, new = r.old["eval.json"].get(key), r.new["eval.json"].get(key)
@@ -355,7 +356,7 @@ def reviewed(pipeline, tmp_path_factory):
 
 
 def run_review(repo, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stages.review", *args], cwd=repo.root,
+    return subprocess.run([sys.executable, "-m", "mnist_dvc", "review", *args], cwd=repo.root,
                           env=env or repo.env, capture_output=True, text=True, timeout=600)
 
 

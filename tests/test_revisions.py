@@ -1,4 +1,4 @@
-"""stages.revisions: what changed since a revision, in a small temporary git repository;
+"""mnist_dvc.commands.revisions: what changed since a revision, in a small temporary git repository;
 a temporary worktree that goes afterwards."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import revisions
-from stages.errors import StageError
-from stages.params import dump_yaml, parse_yaml
+from mnist_dvc.commands import revisions
+from mnist_dvc.config.params import dump_yaml, parse_yaml
+from mnist_dvc.errors import StageError
 
 
 @pytest.mark.parametrize(("status", "stale"), [

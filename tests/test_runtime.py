@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.errors import StageError
-from stages.params import with_train
-from stages.runtime import configure_torch, select_device
+from mnist_dvc.config.params import with_train
+from mnist_dvc.errors import StageError
+from mnist_dvc.runtime import configure_torch, select_device
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -10,16 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.checkpoint import ResumeStore
-from stages.errors import StageError
-from stages.layout import Layout
-from stages.model import CHECKPOINT_KIND, load_model
-from stages.params import Params, with_train
-from stages.prepared import read_split
-from stages.runtime import to_device
-from stages.torch_io import torch_load_verified
+from mnist_dvc.config.params import Params, with_train
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.prepared import read_split
+from mnist_dvc.errors import StageError
+from mnist_dvc.model.nets import CHECKPOINT_KIND, load_model
+from mnist_dvc.model.torch_files import torch_load_verified
+from mnist_dvc.runtime import to_device
+from mnist_dvc.training.resume import ResumeStore
+from mnist_dvc.training.trainer import (
+    Trainer,
+    make_optimizer,
+    make_scheduler,
+    shifted,
+    smoothed_nll,
+)
 from stages.train import train
-from stages.training import Trainer, make_optimizer, make_scheduler, shifted, smoothed_nll
 from tests.conftest import write_params
 
 OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")

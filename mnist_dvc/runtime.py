@@ -10,8 +10,8 @@ from typing import NamedTuple
 import torch
 import torch.utils.deterministic
 
-from stages.errors import StageError
-from stages.prepared import PreparedSplit
+from mnist_dvc.data.prepared import PreparedSplit
+from mnist_dvc.errors import StageError
 
 # mallopt() options, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from stages.errors import StageError, os_error
-from stages.model import CHECKPOINT_KIND
-from stages.params import Params
-from stages.sources import code_digest
-from stages.torch_io import torch_load_verified, torch_save_verified
+from mnist_dvc.code_deps import code_digest
+from mnist_dvc.config.params import Params
+from mnist_dvc.errors import StageError, os_error
+from mnist_dvc.model.nets import CHECKPOINT_KIND
+from mnist_dvc.model.torch_files import torch_load_verified, torch_save_verified
 
 
 def run_fingerprint(params: Params, device: torch.device, *data_digests: str) -> str:
@@ -34,7 +34,7 @@ def run_fingerprint(params: Params, device: torch.device, *data_digests: str) ->
     just ``auto``), torch's version, data and code."""
     described = {"train": dataclasses.asdict(params.train), "model": params.model.net,
                  "device": device.type, "torch": torch.__version__,
-                 "data": data_digests, "code": code_digest("train")}
+                 "data": data_digests, "code": code_digest("stages.train")}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

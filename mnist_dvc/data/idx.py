@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import StageError
+from mnist_dvc.errors import StageError
 
 UINT8 = 0x08
 MAX_DIMS = 4

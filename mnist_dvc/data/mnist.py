@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.artifacts import file_digest
-from stages.errors import StageError
+from mnist_dvc.errors import StageError
+from mnist_dvc.files import file_digest
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from stages.errors import StageError
+from mnist_dvc.errors import StageError
 
 SIZE = 28  # the MNIST canvas
 BOX = 20  # the larger side of the digit's bounding box in it

@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from stages.errors import PEER_LOST, AlreadyReported, StageError
-from stages.params import TrainParams
+from mnist_dvc.config.params import TrainParams
+from mnist_dvc.errors import PEER_LOST, AlreadyReported, StageError
 
 T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.distributed import SINGLE, Group
-from stages.model import build_model
-from stages.params import TrainParams
-from stages.runtime import TensorSplit
+from mnist_dvc.config.params import TrainParams
+from mnist_dvc.model.nets import build_model
+from mnist_dvc.runtime import TensorSplit
+from mnist_dvc.training.distributed import SINGLE, Group
 
 # ranks other than 0 draw dropout from their own stream, seeded from train.seed by this
 RANK_SEED_STRIDE = 1_000_003

@@ -11,7 +11,7 @@ The file is read as DVC reads it: YAML 1.2, with DVC's own parser (ruamel.yaml).
 follows YAML 1.1, where ``5e-3`` is a string and ``off`` is false, so the same file would
 mean one thing to ``dvc params diff`` and another to a stage.
 
-``model.net`` names a class of the network registry (``stages.model.NETS``); the stages that
+``model.net`` names a class of the network registry (``mnist_dvc.model.nets.NETS``); the stages that
 build a network check the name against it, so that download and preprocess need not import
 torch.
 """
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAML, YAMLError
 
-from stages.errors import StageError
+from mnist_dvc.errors import StageError
 
 PARAMS_FILE = Path("params.yaml")
 

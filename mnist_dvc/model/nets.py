@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.errors import StageError
-from stages.params import PARAMS_FILE, ParamsError
-from stages.prepared import Normalization
-from stages.torch_io import torch_load_verified, torch_save_verified
+from mnist_dvc.config.params import PARAMS_FILE, ParamsError
+from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.errors import StageError
+from mnist_dvc.model.torch_files import torch_load_verified, torch_save_verified
 
 FRAME = 2  # pixels cropped from each edge by CompactNet
 MODEL_KIND = "mnist-dvc model"

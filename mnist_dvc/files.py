@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.errors import os_error
+from mnist_dvc.errors import os_error
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stages.artifacts import atomic_path, file_digest, write_json_atomic
-from stages.errors import StageError, corrupt_file
+from mnist_dvc.errors import StageError, corrupt_file
+from mnist_dvc.files import atomic_path, file_digest, write_json_atomic
 
 IMAGE_SHAPE = (1, 28, 28)
 SPLITS = ("train", "test")

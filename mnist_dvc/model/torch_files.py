@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from stages.artifacts import write_bytes_atomic
-from stages.errors import StageError, corrupt_file, os_error
+from mnist_dvc.errors import StageError, corrupt_file, os_error
+from mnist_dvc.files import write_bytes_atomic
 
 VERIFIED_HEADER = b"mnist-dvc sha256 "
 

@@ -1,7 +1,7 @@
 """Review a change to the pipeline: the workspace's outputs against a base revision.
 
-    python -m stages.review [--base REV] [--rerun] [--out DIR]    (make review BASE=main RERUN=1)
-    python -m stages.review --seed-spread                          (make seed-spread)
+    mnist-dvc review [--base REV] [--rerun] [--out DIR]    (make review BASE=main RERUN=1)
+    mnist-dvc review --seed-spread                          (make seed-spread)
 
 Writes DIR (default review/): report.md, summary.json and PNG charts. The report says what
 changed (params, pipeline code), what it did (eval.json and train.json side by side) and
@@ -36,12 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.artifacts import write_bytes_atomic, write_json_atomic
-from stages.errors import StageError, corrupt_file, run_stage
-from stages.idx import read_idx
-from stages.layout import Layout
-from stages.pictures import digit_grid, png_bytes
-from stages.revisions import (
+from mnist_dvc.commands.revisions import (
     changed_code,
     command,
     git_show,
@@ -50,6 +45,11 @@ from stages.revisions import (
     require_committed,
     stale_stages,
 )
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.digit_grid import digit_grid, png_bytes
+from mnist_dvc.data.idx import read_idx
+from mnist_dvc.errors import StageError, corrupt_file
+from mnist_dvc.files import write_bytes_atomic, write_json_atomic
 
 ALPHA = 0.05  # a McNemar p below this is called evidence of a change
 GRID_LIMIT = 50  # digits per grid of fixed and broken images
@@ -85,7 +85,7 @@ class Review:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.review", description=__doc__,
+    parser = argparse.ArgumentParser(prog="mnist-dvc review", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main", help="git revision to compare with (main)")
     parser.add_argument("--rerun", action="store_true", help="recompute the base here")
@@ -399,6 +399,3 @@ def seed_spread(shown: list[dict], machine_name: str) -> dict[str, Any]:
             "accuracy_by_seed": dict(sorted(by_seed.items(), key=lambda item: int(item[0]))),
             "mean": round(sum(values) / len(values), 6), "min": min(values), "max": max(values)}
 
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -1,6 +1,6 @@
 """Share every run DVC has seen: ``dvc push --run-cache``, plus the outputs of those runs.
 
-    python -m stages.share [--remote NAME]     (make push)
+    mnist-dvc push [--remote NAME]     (make push)
 
 ``dvc push --run-cache`` uploads the run-cache's records and the outputs of the workspace,
 but not the outputs of other runs, and never the ``cache: false`` metrics and plots that
@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stages.errors import StageError, run_stage
+from mnist_dvc.errors import StageError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.share", description=__doc__,
+    parser = argparse.ArgumentParser(prog="mnist-dvc push", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
     args = parser.parse_args(argv)
@@ -50,6 +50,3 @@ def share(remote: str | None = None) -> tuple[int, int]:
         raise StageError(f"dvc: {str(err).splitlines()[0]}") from None
     return len(records), pushed
 
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.errors import StageError
-from stages.layout import Layout
-from stages.params import parse_yaml
+from mnist_dvc.config.params import parse_yaml
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.errors import StageError
 
 
 def command(*args: str, cwd: Path | None = None, failure: str | None = None) -> str:

@@ -26,7 +26,7 @@ class Layout:
 
     @property
     def prepared(self) -> Path:
-        """preprocess: normalized arrays (stages/prepared.py) and their normalization."""
+        """preprocess: normalized arrays (mnist_dvc/data/prepared.py) and their normalization."""
         return self.root / "data" / "prepared"
 
     @property

@@ -1,8 +1,9 @@
 """Predict the digit in image files with the trained model (not a pipeline stage).
 
-``python -m stages.predict IMAGE...`` prints each image's digit and its probability;
+``mnist-dvc predict IMAGE...`` prints each image's digit and its probability;
 ``--json`` prints a JSON list instead. Each PNG or JPEG is fitted into 28x28 the way MNIST
-itself was made (``stages.digit_image``), then normalized exactly as preprocess did, with the
+itself was made (``mnist_dvc.data.digit_image``), then normalized exactly as preprocess did,
+with the
 mean and std saved with the model.
 
 An image that cannot be read, or holds no digit, is reported on stderr (one line naming the
@@ -20,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.digit_image import ImageError, load_image
-from stages.errors import run_stage
-from stages.layout import Layout
-from stages.model import load_model, predict_log_probs
-from stages.prepared import normalize
+from mnist_dvc.config.workspace import Layout
+from mnist_dvc.data.digit_image import ImageError, load_image
+from mnist_dvc.data.prepared import normalize
+from mnist_dvc.model.nets import load_model, predict_log_probs
 
 MODEL_FILE = Layout().model
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m stages.predict",
+        prog="mnist-dvc predict",
         description="Predict the handwritten digit in PNG or JPEG images with the trained model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
@@ -85,6 +85,3 @@ def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), normalized as preprocess does."""
     return torch.from_numpy(normalize(images, mean, std))
 
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -36,13 +36,15 @@ def os_error(action: str, path: object, err: OSError) -> StageError:
     return StageError(f"cannot {action} {path}: {err.strerror or err}")
 
 
-def run_stage(main: Callable[[], None], description: str | None = None) -> None:
+def run_stage(main: Callable[[], None], description: str | None = None,
+              program: bool | None = None) -> None:
     """Run a stage's ``main`` as a command: one-line errors, exit 1; Ctrl-C exits 130.
 
     A stage takes no arguments (params.yaml drives it); ``--help`` prints ``description``.
 
-    Run as a program (``main`` defined in ``__main__``), it freezes the objects alive
-    before and after ``main`` out of the garbage collector. The modules imported by then
+    Run as a program (``program``, by default when ``main`` is defined in ``__main__``), it
+    freezes the objects alive before and after ``main`` out of the garbage collector. The
+    modules imported by then
     (180,000 objects for torch, 130,000 more for the torch._dynamo that torch.optim imports)
     live as long as the process, and walking them in every full collection, above all in
     the collections at exit, is pure cost: ``make benchmark`` times the train stage with
@@ -55,7 +57,8 @@ def run_stage(main: Callable[[], None], description: str | None = None) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="Parameters come from params.yaml; run the pipeline with `dvc repro`.",
         ).parse_args()
-    program = getattr(main, "__module__", None) == "__main__"  # not a test calling in
+    if program is None:
+        program = getattr(main, "__module__", None) == "__main__"  # not a test calling in
     if program:
         gc.freeze()
     try:
