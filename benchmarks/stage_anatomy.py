@@ -41,7 +41,8 @@ def main() -> None:
     import torch
 
     lap("import torch")
-    from mnist_dvc.config.params import load_params
+    from mnist_dvc.config.schema import load_config
+    from mnist_dvc.config.train import TrainConfig
     from mnist_dvc.config.workspace import Layout
     from mnist_dvc.data.prepared import read_normalization, read_split, split_digest
     from mnist_dvc.model.nets import check_net, save_model, score
@@ -54,7 +55,7 @@ def main() -> None:
     lap("import the stage's other modules")
     gc.freeze()  # where run_stage freezes for the stage: after its imports
     layout = Layout()
-    params = load_params(layout.params)
+    params = load_config(layout.params, TrainConfig)
     check_net(params.model.net, layout.params)
     train.check_data(params, layout)
     device = select_device(params.train.device)

@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from mnist_dvc.config.params import DownloadParams, load_params
+from mnist_dvc.config.download import DownloadConfig, DownloadParams
+from mnist_dvc.config.schema import load_config
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.idx import encode_idx
 from mnist_dvc.data.mnist import CANONICAL_FILES, MIRRORS, CanonicalFile, is_canonical
@@ -56,7 +57,7 @@ class SourceError(StageError):
 
 
 def main(layout: Layout = Layout()) -> None:
-    fetch_mnist(layout.raw, load_params(layout.params).download)
+    fetch_mnist(layout.raw, load_config(layout.params, DownloadConfig).download)
 
 
 def fetch_mnist(raw_dir: Path, params: DownloadParams) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_dvc.config.params import EvaluateParams, load_params
+from mnist_dvc.config.evaluate import EvaluateConfig, EvaluateParams
+from mnist_dvc.config.schema import load_config
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.digit_grid import digit_grid, png_bytes
 from mnist_dvc.data.prepared import Normalization, read_split
@@ -28,7 +29,7 @@ PREDICTION_COLUMNS = ("image", "actual", "predicted", "probability")
 
 
 def main(layout: Layout = Layout()) -> None:
-    evaluate(load_params(layout.params).evaluate, layout)
+    evaluate(load_config(layout.params, EvaluateConfig).evaluate, layout)
 
 
 def evaluate(cfg: EvaluateParams, layout: Layout) -> dict[str, float]:

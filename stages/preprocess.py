@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_dvc.config.params import PreprocessParams, load_params
+from mnist_dvc.config.preprocess import PreprocessConfig, PreprocessParams
+from mnist_dvc.config.schema import load_config
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.idx import read_idx
 from mnist_dvc.data.mnist import CANONICAL_FILES, verify_raw_dir
@@ -29,7 +30,7 @@ IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
 def main(layout: Layout = Layout()) -> None:
-    params = load_params(layout.params).preprocess
+    params = load_config(layout.params, PreprocessConfig).preprocess
     # A flipped bit in a pixel still parses: only the md5 can tell.
     verify_raw_dir(layout.raw, CANONICAL_FILES)
     # Check every split before writing any: a bad test file must not leave a new train split

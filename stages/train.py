@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from mnist_dvc.config.params import Params, load_params
+from mnist_dvc.config.schema import load_config
+from mnist_dvc.config.train import TrainConfig
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.prepared import read_normalization, read_split, split_digest
 from mnist_dvc.errors import PeerLost, StageError, run_stage
@@ -39,7 +40,7 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def main(layout: Layout = Layout()) -> None:
-    params = load_params(layout.params)
+    params = load_config(layout.params, TrainConfig)
     check_net(params.model.net, layout.params)
     cfg = params.train
     if cfg.nproc > 1 and not distributed.under_torchrun():
@@ -55,7 +56,7 @@ def main(layout: Layout = Layout()) -> None:
         raise
 
 
-def check_data(params: Params, layout: Layout) -> int:
+def check_data(params: TrainConfig, layout: Layout) -> int:
     """The training set's size, once the prepared data and ``train.batch_size`` fit."""
     count = len(read_split(layout.prepared, "train").labels)
     read_split(layout.prepared, "test")
@@ -72,7 +73,7 @@ def check_data(params: Params, layout: Layout) -> int:
     return count
 
 
-def train(params: Params, layout: Layout) -> list[dict[str, float]]:
+def train(params: TrainConfig, layout: Layout) -> list[dict[str, float]]:
     """Train (or resume) and write every output; returns the per-epoch history."""
     cfg = params.train
     check_data(params, layout)
@@ -84,7 +85,7 @@ def train(params: Params, layout: Layout) -> list[dict[str, float]]:
         distributed.leave(group)
 
 
-def _train(params: Params, layout: Layout, group: Group,
+def _train(params: TrainConfig, layout: Layout, group: Group,
            device: torch.device) -> list[dict[str, float]]:
     cfg = params.train
     configure_torch(cfg.threads, device)

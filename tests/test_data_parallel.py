@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_dvc.config.params import TrainParams
+from mnist_dvc.config.train import TrainParams
 from mnist_dvc.errors import StageError
 from mnist_dvc.model.nets import NETS
 from mnist_dvc.runtime import TensorSplit

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_dvc.config.params import parse_yaml
+from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.data.idx import read_idx
 from mnist_dvc.data.mnist import CANONICAL_FILES
 from mnist_dvc.files import file_digest

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_dvc.config.params import ModelParams, ParamsError
+from mnist_dvc.config.schema import ParamsError
+from mnist_dvc.config.train import ModelParams
 from mnist_dvc.data.prepared import Normalization
 from mnist_dvc.errors import StageError
 from mnist_dvc.model.nets import (

@@ -15,18 +15,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAMLError
 
-from mnist_dvc.config.params import (
-    Params,
-    ParamsError,
-    dump_yaml,
-    load_params,
-    params_yaml,
-    parse_params,
-    parse_yaml,
-)
+from mnist_dvc.config.params import Params, load_params, params_yaml, parse_params
+from mnist_dvc.config.schema import ParamsError, dump_yaml, load_config, parse_yaml
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.errors import StageError
-from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, write_raw_dir
+from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, stage_config, write_raw_dir
 
 
 def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.yaml") -> Path:
@@ -204,27 +197,37 @@ def test_bad_params_raise_one_line_naming_the_key(
 EXISTING_OUTPUTS = ("data/raw/train-images-idx3-ubyte", "data/prepared/train_images.npy",
                     "data/model/model.pt", "data/resume/train-0123456789abcdef.pt",
                     "metrics/train.json", "metrics/eval.json")
-# Every case above goes through load_params; every stage calls it first. These cases, one
-# per kind of fault, check that each stage does, and touches nothing before.
-STAGE_CASES = ["unknown-nested-key", "string-for-int", "lr-nan", "top-level-list"]
+# Every stage checks the sections it reads (its config) before it does anything. These cases,
+# one per kind of fault, check that the stages owning the faulty section refuse and touch
+# nothing, and that the other stages do not care.
+STAGE_CASES = {"unknown-nested-key": {"train"}, "unknown-download-key": {"download"},
+               "string-for-int": {"train"}, "std-zero": {"preprocess"},
+               "lr-nan": {"train"}, "top-level-list": set(PIPELINE)}
 
 
-@pytest.mark.parametrize(("content", "expected"),
-                         [case[1:] for case in BAD_PARAMS if case[0] in STAGE_CASES],
-                         ids=STAGE_CASES)
-def test_every_stage_refuses_bad_params_before_touching_outputs(
-    tmp_path: Path, content: str | dict[str, Any], expected: tuple[str, ...]
+@pytest.mark.parametrize(("content", "expected", "refusing"),
+                         [(*case[1:], STAGE_CASES[case[0]]) for case in BAD_PARAMS
+                          if case[0] in STAGE_CASES], ids=list(STAGE_CASES))
+def test_the_stages_owning_a_bad_section_refuse_it_before_touching_outputs(
+    tmp_path: Path, content: str | dict[str, Any], expected: tuple[str, ...],
+    refusing: set[str],
 ) -> None:
-    stages = [importlib.import_module(f"stages.{name}") for name in PIPELINE]
     for index, name in enumerate(EXISTING_OUTPUTS):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(f"earlier output {index}".encode())
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     _write(tmp_path, content)
-    for stage in stages:
-        with pytest.raises(ParamsError) as info:
-            stage.main(Layout(tmp_path))
-        assert all(part in str(info.value) for part in expected), stage.__name__
+    for name in PIPELINE:
+        config = stage_config(name)
+        if name in refusing:
+            with pytest.raises(ParamsError) as info:
+                load_config(tmp_path / "params.yaml", config)
+            assert all(part in str(info.value) for part in expected), name
+            stage = importlib.import_module(f"stages.{name}")
+            with pytest.raises(ParamsError):
+                stage.main(Layout(tmp_path))
+        else:
+            load_config(tmp_path / "params.yaml", config)  # another stage's section: not its
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == {**before, tmp_path / "params.yaml": (tmp_path / "params.yaml").read_bytes()}
 

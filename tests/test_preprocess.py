@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dvc.config.params import Params, PreprocessParams
+from mnist_dvc.config.params import Params
+from mnist_dvc.config.preprocess import PreprocessParams
 from mnist_dvc.data.idx import encode_idx, read_idx
 from mnist_dvc.data.mnist import CanonicalFile
 from mnist_dvc.data.prepared import (

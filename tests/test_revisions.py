@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mnist_dvc.commands import revisions
-from mnist_dvc.config.params import dump_yaml, parse_yaml
+from mnist_dvc.config.schema import dump_yaml, parse_yaml
 from mnist_dvc.errors import StageError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dvc.config.params import parse_yaml
+from mnist_dvc.config.schema import parse_yaml
 from tests.conftest import REPO_ROOT
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnist_dvc.config.params import parse_yaml
+from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.errors import StageError
 

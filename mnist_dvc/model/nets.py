@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_dvc.config.params import PARAMS_FILE, ParamsError
+from mnist_dvc.config.schema import PARAMS_FILE, ParamsError
 from mnist_dvc.data.prepared import Normalization
 from mnist_dvc.errors import StageError
 from mnist_dvc.model.torch_files import torch_load_verified, torch_save_verified

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from mnist_dvc.config.params import TrainParams
+from mnist_dvc.config.train import TrainParams
 from mnist_dvc.errors import PEER_LOST, AlreadyReported, StageError
 
 T = TypeVar("T")

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from mnist_dvc.code_deps import code_digest
-from mnist_dvc.config.params import Params
+from mnist_dvc.config.train import TrainConfig
 from mnist_dvc.errors import StageError, os_error
 from mnist_dvc.model.nets import CHECKPOINT_KIND
 from mnist_dvc.model.torch_files import torch_load_verified, torch_save_verified
 
 
-def run_fingerprint(params: Params, device: torch.device, *data_digests: str) -> str:
+def run_fingerprint(params: TrainConfig, device: torch.device, *data_digests: str) -> str:
     """Identifies everything a run's numbers depend on: params, the device they ran on (not
     just ``auto``), torch's version, data and code."""
     described = {"train": dataclasses.asdict(params.train), "model": params.model.net,

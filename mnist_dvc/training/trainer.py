@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnist_dvc.config.params import TrainParams
+from mnist_dvc.config.train import TrainParams
 from mnist_dvc.model.nets import build_model
 from mnist_dvc.runtime import TensorSplit
 from mnist_dvc.training.distributed import SINGLE, Group
