@@ -2,7 +2,8 @@
 
 Outputs (written once the run is complete, each atomically):
 
-- ``data/model/model.pt``: the weights, the net's name and the input normalization;
+- ``data/model/model.pt``: the weights, the net's name, the input normalization and the
+  dataset's image shape and class names (from ``data/prepared/dataset.json``);
 - ``data/model/checkpoint.pt``: the final training state (mnist_dvc/training/resume.py);
 - ``metrics/train.json`` and the per-epoch ``metrics/train_history.csv``.
 
@@ -25,9 +26,10 @@ from mnist_dvc.config.schema import load_config
 from mnist_dvc.config.train import TrainConfig
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.prepared import read_normalization, read_split, split_digest
+from mnist_dvc.data.spec import DATASET_FILE, read_dataset
 from mnist_dvc.errors import PeerLost, StageError, run_stage
-from mnist_dvc.files import write_csv_atomic, write_json_atomic
-from mnist_dvc.model.nets import check_net, save_model, score
+from mnist_dvc.files import file_digest, write_csv_atomic, write_json_atomic
+from mnist_dvc.model.nets import check_fits, check_net, save_model, score
 from mnist_dvc.model.torch_files import torch_save_verified
 from mnist_dvc.runtime import configure_torch, select_device, to_device
 from mnist_dvc.training import distributed
@@ -61,6 +63,7 @@ def check_data(params: TrainConfig, layout: Layout) -> int:
     count = len(read_split(layout.prepared, "train").labels)
     read_split(layout.prepared, "test")
     read_normalization(layout.prepared)
+    check_fits(params.model.net, read_dataset(layout.prepared))
     cfg = params.train
     if cfg.batch_size > count:
         raise StageError(f"{layout.params}: train.batch_size {cfg.batch_size} is larger than "
@@ -91,12 +94,14 @@ def _train(params: TrainConfig, layout: Layout, group: Group,
     configure_torch(cfg.threads, device)
     train_set = to_device(read_split(layout.prepared, "train"), device)
     test_set = to_device(read_split(layout.prepared, "test"), device)
+    dataset = read_dataset(layout.prepared)
     fingerprint = run_fingerprint(params, device, split_digest(layout.prepared, "train"),
-                                  split_digest(layout.prepared, "test"))
+                                  split_digest(layout.prepared, "test"),
+                                  file_digest(layout.prepared / DATASET_FILE, "sha256"))
     if len(set(group.gather(fingerprint))) > 1:
         raise StageError("the training processes disagree on params, data or code "
                          "(every machine needs the same checkout and data)")
-    trainer = Trainer(cfg, params.model.net, train_set, device, group)
+    trainer = Trainer(cfg, params.model.net, train_set, device, group, dataset.num_classes)
     store = ResumeStore(layout.resume, fingerprint)
     history: list[dict[str, float]] = []
     record = group.broadcast(store.load() if group.is_main else None)
@@ -128,7 +133,7 @@ def _train(params: TrainConfig, layout: Layout, group: Group,
         state = trainer.state_dict()
     if group.is_main:
         save_model(layout.model, params.model.net, trainer.model,
-                   read_normalization(layout.prepared))
+                   read_normalization(layout.prepared), dataset)
         torch_save_verified(layout.checkpoint, training_record(fingerprint, history, state))
         write_metrics(layout, history, cfg.epochs)
         store.clear()

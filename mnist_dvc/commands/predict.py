@@ -1,10 +1,11 @@
-"""Predict the digit in image files with the trained model (not a pipeline stage).
+"""Predict the class (the digit, for MNIST) of image files with the trained model (not a
+pipeline stage).
 
-``mnist-dvc predict IMAGE...`` prints each image's digit and its probability;
-``--json`` prints a JSON list instead. Each PNG or JPEG is fitted into 28x28 the way MNIST
-itself was made (``mnist_dvc.data.digit_image``), then normalized exactly as preprocess did,
-with the
-mean and std saved with the model.
+``mnist-dvc predict IMAGE...`` prints each image's class and its probability;
+``--json`` prints a JSON list instead. Each PNG or JPEG is fitted into the model's image size
+(28x28 for MNIST) the way MNIST itself was made (``mnist_dvc.data.digit_image``), then
+normalized exactly as preprocess did, with the mean and std saved with the model; the class
+names are the ones the model file records.
 
 An image that cannot be read, or holds no digit, is reported on stderr (one line naming the
 file) and in the JSON; the others are still predicted, and the exit status is then 1.
@@ -36,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(results, indent=2))
     else:
         for result in results:
-            if "digit" in result:
-                print(f"{result['image']}: {result['digit']} "
+            if "class" in result:
+                print(f"{result['image']}: {result['class']} "
                       f"(probability {result['probability']:.4f})")
     if any("error" in result for result in results):
         sys.exit(1)
@@ -46,27 +47,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mnist-dvc predict",
-        description="Predict the handwritten digit in PNG or JPEG images with the trained model.")
+        description="Predict the class of PNG or JPEG images (the handwritten digit, for "
+                    "MNIST) with the trained model.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     parser.add_argument("--model", type=Path, default=MODEL_FILE,
                         help=f"model saved by the train stage (default: {MODEL_FILE})")
     parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of {image, digit, probability} or {image, error}")
+                        help="print a JSON list of {image, class, probability} or {image, error}")
     return parser.parse_args(argv)
 
 
 def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
-    """One result per path, in order: ``{image, digit, probability}`` or ``{image, error}``.
+    """One result per path, in order: ``{image, class, probability}`` or ``{image, error}``.
 
     The model is loaded first, so a missing model fails before any image is read; the
     readable images then go through it in one batch.
     """
-    model, _, normalization = load_model(model_path)
+    model, _, normalization, dataset = load_model(model_path)
     results: list[dict] = []
     images: list[np.ndarray] = []
     for path in paths:
         try:
-            images.append(load_image(path))
+            images.append(load_image(path, dataset.image_shape))
             results.append({"image": str(path)})
         except ImageError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -74,14 +76,14 @@ def predict_files(paths: Sequence[str | Path], model_path: Path) -> list[dict]:
     if images:
         inputs = to_model_input(np.stack(images), normalization.mean, normalization.std)
         probs = predict_log_probs(model, inputs, batch_size=len(inputs)).exp()
-        best, digits = probs.max(dim=1)
+        best, classes = probs.max(dim=1)
         good = (result for result in results if "error" not in result)
-        for result, digit, prob in zip(good, digits.tolist(), best.tolist(), strict=True):
-            result.update(digit=digit, probability=round(prob, 4))
+        for result, k, prob in zip(good, classes.tolist(), best.tolist(), strict=True):
+            result.update({"class": dataset.class_names[k], "probability": round(prob, 4)})
     return results
 
 
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), normalized as preprocess does."""
+    """uint8 (N, H, W) -> float32 (N, 1, H, W), normalized as preprocess does."""
     return torch.from_numpy(normalize(images, mean, std))
 

