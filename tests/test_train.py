@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from mnist_dvc.config.params import Params, with_train
 from mnist_dvc.config.workspace import Layout
-from mnist_dvc.data.prepared import read_split
+from mnist_dvc.data.prepared import read_normalization, read_split
+from mnist_dvc.data.spec import read_dataset
 from mnist_dvc.errors import StageError
 from mnist_dvc.model.nets import CHECKPOINT_KIND, load_model
 from mnist_dvc.model.torch_files import torch_load_verified
@@ -60,7 +61,10 @@ def test_training_learns_and_writes_every_output(project, tiny_params):
     assert lines[0] == "epoch,train_loss,train_acc,test_loss,test_acc" and len(lines) == 4
     saved = load_model(project.model)
     assert saved.net == "compact"
-    assert saved.normalization == (tiny_params.preprocess.mean, tiny_params.preprocess.std)
+    assert saved.normalization == read_normalization(project.prepared)
+    dataset = read_dataset(project.prepared)  # the shape and classes it was trained for
+    assert (saved.dataset.image_shape, saved.dataset.class_names) == (dataset.image_shape,
+                                                                      dataset.class_names)
     checkpoint = torch_load_verified(project.checkpoint)
     assert checkpoint["kind"] == CHECKPOINT_KIND and checkpoint["history"] == history
     assert not list(project.resume.iterdir())  # the unfinished-run state is gone
