@@ -36,8 +36,9 @@ def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("scikit-learn is not installed (pip install scikit-learn)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
-    rows = np.loadtxt(gzip.open(path, "rt"), delimiter=",")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    with gzip.open(package / "datasets" / "data" / "digits.csv.gz", "rt") as lines:
+        rows = np.loadtxt(lines, delimiter=",")
     return np.rint(rows[:, :64] * 255 / 16).astype(np.uint8).reshape(-1, 8, 8), \
         rows[:, 64].astype(np.uint8)
 

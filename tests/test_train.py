@@ -6,14 +6,21 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mnist_dvc.config.params import Params, with_train
 from mnist_dvc.config.workspace import Layout
-from mnist_dvc.data.prepared import read_normalization, read_split
-from mnist_dvc.data.spec import read_dataset
+from mnist_dvc.data.prepared import (
+    Normalization,
+    read_normalization,
+    read_split,
+    write_normalization,
+    write_split,
+)
+from mnist_dvc.data.spec import DatasetSpec, read_dataset, write_dataset
 from mnist_dvc.errors import StageError
 from mnist_dvc.model.nets import CHECKPOINT_KIND, load_model
 from mnist_dvc.model.torch_files import torch_load_verified
@@ -297,3 +304,17 @@ def test_a_net_with_dropout_resumes_exactly_too(project, tiny_params, tmp_path, 
     train(params, project)
     assert "resuming from" in capsys.readouterr().out
     assert output_hashes(project) == output_hashes(clean)
+
+
+def test_images_too_small_for_the_net_stop_train_before_it_starts(tmp_path, tiny_params):
+    layout = Layout(tmp_path)
+    write_params(layout.params, tiny_params)
+    for split, count in (("train", 64), ("test", 16)):
+        write_split(layout.prepared, split, np.zeros((count, 1, 8, 8), np.float32),
+                    np.arange(count, dtype=np.int64) % 2)
+    write_normalization(layout.prepared, Normalization(0.1, 0.3))
+    write_dataset(layout.prepared, DatasetSpec("idx", (8, 8), ("a", "b")), files=False)
+
+    with pytest.raises(StageError, match=r"net 'compact' cannot take 8x8 images"):
+        train(tiny_params, layout)
+    assert not layout.model_dir.exists()
