@@ -95,6 +95,16 @@ def test_an_unreadable_predictions_file_is_one_error(text):
         review.read_predictions(text.encode("latin-1"), "main")
 
 
+def test_predictions_by_class_name_are_compared_in_image_order():
+    old = b"image,actual,predicted,probability\n1,cat,dog,0.6\n0,ant,ant,0.9\n2,dog,dog,0.8\n"
+    new = b"image,actual,predicted,probability\n0,ant,cat,0.5\n1,cat,cat,0.7\n2,dog,dog,0.9\n"
+    old_actual, old_predicted = review.read_predictions(old, "main")
+    actual, predicted = review.read_predictions(new, "the workspace")
+    assert old_actual.tolist() == actual.tolist() == ["ant", "cat", "dog"]
+    comparison = review.compare(old_actual, old_predicted, actual, predicted)
+    assert (comparison.fixed.tolist(), comparison.broken.tolist()) == ([1], [0])
+
+
 def test_verdicts_name_the_direction_and_the_counts():
     assert review.verdict(0, 0, review.mcnemar_exact(0, 0)) == \
         "no change (p = 1): 0 fixed, 0 broken"
