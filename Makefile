@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 # PYTHON's version and interpreter, found before PATH gains the environment's bin/ (below)
-PYTHON_FOUND := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2], sys.executable)')
+PYTHON_FOUND := $(shell $(PYTHON) -c \
+  'import sys; print("%d.%d" % sys.version_info[:2], sys.executable)')
 PYTHON_VERSION := $(word 1,$(PYTHON_FOUND))
 BASE_PYTHON := $(word 2,$(PYTHON_FOUND))
 # DVC runs stage commands with `python` and starts queue workers with `dvc` from PATH:
@@ -52,8 +53,8 @@ lock:
 	  --output-file requirements.lock $(LOCK_UPGRADE)
 	@for version in $(PYTHONS); do for platform in $(LOCK_PLATFORMS); do \
 	  echo "wheels for Python $$version on $$platform"; \
-	  MACOSX_DEPLOYMENT_TARGET=14.0 $(UV) pip compile requirements.lock --no-deps --quiet --output-file /dev/null \
-	    --python-version $$version --python-platform $$platform \
+	  MACOSX_DEPLOYMENT_TARGET=14.0 $(UV) pip compile requirements.lock --no-deps --quiet \
+	    --output-file /dev/null --python-version $$version --python-platform $$platform \
 	    --only-binary :all: $(addprefix --no-binary ,$(SOURCE_ONLY)) || exit 1; \
 	done; done
 
