@@ -16,9 +16,13 @@ import pytest
 
 from mnist_dvc import errors, records
 from mnist_dvc.config.params import parse_params
+from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.errors import StageError, run_stage
+from mnist_dvc.files import file_digest
 from tests.conftest import PIPELINE, REPO_ROOT, TINY, make_project, stage_config
+from tests.dvc_repo import DvcRepo
+from tests.test_e2e import back_to_baseline, output_hashes, ran
 
 
 def write_params(root: Path, **sections: dict) -> Path:
@@ -258,3 +262,108 @@ def test_a_train_process_whose_params_change_mid_run_leaves_nothing_finished(tmp
         "recorded; rerun (docs/concurrent-runs.md)"]
     assert not layout.model_dir.exists() and not layout.train_metrics.exists()
     assert not list(layout.resume.iterdir())  # no state a later resume could pick up
+
+
+# --- end to end: the real dvc CLI, real MNIST (the session's `pipeline` copy) -------------
+
+def train_records(repo: DvcRepo) -> list[dict]:
+    """The train stage's entries in dvc.lock and in the run-cache."""
+    entries = [parse_yaml((repo.root / "dvc.lock").read_text())["stages"]["train"]]
+    for path in sorted((repo.root / ".dvc" / "cache" / "runs").rglob("*")):
+        if path.is_file():
+            entry = parse_yaml(path.read_text())
+            if entry["cmd"] == "python -m stages.train":
+                entries.append(entry)
+    return entries
+
+
+def recorded_lrs(repo: DvcRepo) -> set[float]:
+    return {entry["params"]["params.yaml"]["train"]["lr"] for entry in train_records(repo)}
+
+
+def recorded_md5s(repo: DvcRepo, dep: str) -> set[str]:
+    return {d["md5"] for entry in train_records(repo) for d in entry["deps"] if d["path"] == dep}
+
+
+def start_held(repo: DvcRepo, release: Path, *args: str) -> subprocess.Popen[str]:
+    """``dvc exp run ARGS`` whose train stage waits for ``release`` before its final check;
+    returns once train's first (and last) epoch line is out."""
+    running = subprocess.Popen(["dvc", "exp", "run", *args], cwd=repo.root,
+                               env={**repo.env, records.HOLD_ENV: str(release)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    assert running.stdout is not None
+    for line in running.stdout:
+        if line.startswith("train: epoch 1/1 "):
+            return running
+    raise AssertionError(f"train printed no epoch: exit {running.wait()}")
+
+
+def finish(running: subprocess.Popen[str], release: Path) -> str:
+    release.touch()
+    output, _ = running.communicate(timeout=600)
+    return output
+
+
+def file_hashes(repo: DvcRepo) -> dict[str, str]:
+    """The files that hold a run's numbers (checkpoint.pt also holds the code's hash)."""
+    layout = Layout(repo.root)
+    return {str(path.relative_to(repo.root)): file_digest(path)
+            for path in (layout.model, layout.train_metrics, layout.train_history,
+                         layout.eval_metrics, layout.predictions)}
+
+
+@pytest.mark.e2e
+def test_params_set_by_a_second_exp_run_mid_train_are_never_recorded(pipeline, tmp_path):
+    repo, _ = pipeline
+    seen = recorded_lrs(repo)
+    assert not seen & {0.013, 0.014}
+    release = tmp_path / "release"
+    running = start_held(repo, release, "-S", "train.lr=0.013")
+    try:
+        second = repo.dvc("exp", "run", "-S", "train.lr=0.014", check=False)
+        assert second.returncode != 0  # the workspace is busy...
+        assert parse_yaml((repo.root / "params.yaml").read_text())["train"]["lr"] == 0.014
+    finally:  # ...but its -S has rewritten params.yaml under the running train stage
+        output = finish(running, release)
+    assert running.returncode != 0
+    assert ("error: params.yaml train.lr changed while train ran: its outputs are removed, "
+            "not recorded; rerun (docs/concurrent-runs.md)\n") in output
+    assert "NoneType" not in output
+    assert recorded_lrs(repo) == seen  # dvc.lock and the run-cache name neither lr
+    layout = Layout(repo.root)
+    assert not layout.model_dir.exists() and not layout.train_metrics.exists()
+    assert not list(layout.resume.iterdir())
+
+    honest = repo.dvc("exp", "run", "-S", "train.lr=0.014").stdout
+    assert "train" in ran(honest) and "resuming" not in honest
+    trained = output_hashes(repo)
+    repo.dvc("exp", "run", "-f", "-s", "train")  # a clean run of the same params, forced
+    assert output_hashes(repo) == trained
+    assert recorded_lrs(repo) == seen | {0.014}
+    back_to_baseline(repo)
+
+
+@pytest.mark.e2e
+def test_a_code_dep_edited_mid_train_is_never_recorded(pipeline, tmp_path):
+    repo, _ = pipeline
+    baseline = file_hashes(repo)  # a clean run of the baseline params
+    edited = repo.root / "mnist_dvc" / "training" / "trainer.py"
+    release = tmp_path / "release"
+    running = start_held(repo, release, "-f", "-s", "train")
+    try:
+        with edited.open("a") as source:
+            source.write("# saved by an editor while train ran\n")
+    finally:
+        output = finish(running, release)
+    assert running.returncode != 0
+    assert ("error: mnist_dvc/training/trainer.py changed while train ran: its outputs are "
+            "removed, not recorded; rerun (docs/concurrent-runs.md)\n") in output
+    new_md5 = file_digest(edited)
+    assert new_md5 not in recorded_md5s(repo, "mnist_dvc/training/trainer.py")
+
+    honest = repo.dvc("exp", "run").stdout  # the edited code: trained, never restored
+    assert "train" in ran(honest) and "resuming" not in honest
+    assert file_hashes(repo) == baseline  # a comment changes no number
+    assert new_md5 in recorded_md5s(repo, "mnist_dvc/training/trainer.py")
+    back_to_baseline(repo)
