@@ -12,6 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_dvc.commands.predict import choose_model, main, predict_files, to_model_input
+from mnist_dvc.commands.predict import (
+    choose_model,
+    load_predictor,
+    main,
+    predict_files,
+    to_model_input,
+)
+from mnist_dvc.commands.serve import make_server
 from mnist_dvc.config.export import ExportParams, onnx_model
 from mnist_dvc.config.params import parse_params
 from mnist_dvc.config.workspace import Layout
@@ -317,3 +328,62 @@ def test_onnx_and_pytorch_predict_the_same_on_shipped_and_rendered_digits(traine
     differences = [abs(a["probability"] - b["probability"])
                    for a, b in zip(with_onnx, with_torch, strict=True)]
     assert max(differences) <= 2e-4  # each rounded to 4 places
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(exported) -> Iterator[str]:
+    """``mnist-dvc serve``'s server on the exported model, on a free port: its base URL."""
+    running = make_server(load_predictor(onnx_model(exported)), 0)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{running.server_port}"
+    running.shutdown()
+    running.server_close()
+    thread.join(timeout=10)
+
+
+def request(url: str, body: bytes | None = None) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_serve_answers_images_as_predict_does_and_bad_input_in_one_line(server, drawings,
+                                                                        exported, tmp_path):
+    expected = predict_files(drawings, onnx_model(exported))
+    for path, result in zip(drawings, expected, strict=True):
+        assert request(f"{server}/predict", path.read_bytes()) == (
+            200, {"digit": result["digit"], "probability": result["probability"]})
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 255).save(blank)
+    assert request(f"{server}/predict", b"not an image") == (
+        400, {"error": "not a PNG or JPEG image"})
+    assert request(f"{server}/predict", blank.read_bytes()) == (
+        400, {"error": "no digit found: the image is blank"})
+    assert request(f"{server}/predict", b"")[0] == 400
+    assert request(f"{server}/elsewhere", b"x")[0] == 404
+    assert request(f"{server}/predict") == (405, {"error": "POST a PNG or JPEG image to /predict"})
+    assert request(f"{server}/predict", drawings[0].read_bytes())[0] == 200  # still serving
+
+
+def test_the_serve_command_runs_the_onnx_model_without_torch(exported, drawings, tmp_path):
+    started = subprocess.Popen(
+        [sys.executable, "-m", "mnist_dvc", "serve", "--port", "0"], cwd=exported.root,
+        env=without_torch(tmp_path / "no-torch", dict(os.environ)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert started.stdout is not None
+        line = started.stdout.readline()  # the server is listening once this is printed
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/predict ", line)
+        assert line.startswith("serve: data/onnx/model.onnx at ") and found, line
+        status, answer = request(f"{found[1]}/predict", drawings[0].read_bytes())
+        (with_torch,) = predict_files(drawings[:1], exported.model)
+        assert (status, answer["digit"]) == (200, with_torch["digit"])
+    finally:
+        started.terminate()
+        started.wait(timeout=30)
