@@ -89,8 +89,8 @@ class Agreement(NamedTuple):
     def summary(self) -> str:
         return (f"the same digit on {self.same_digit:,} of {self.images:,} test images "
                 f"({self.images - self.allowed_disagreements:,} needed), log-probabilities "
-                f"within {self.max_difference:.2g} (tolerance {SCORE_ATOL:g} + {SCORE_RTOL:g} "
-                "x |score|)")
+                f"apart by up to {self.max_difference:.2g} (tolerance {SCORE_ATOL:g} + "
+                f"{SCORE_RTOL:g} x |score|)")
 
 
 def compare(exported: OnnxModel, saved: SavedModel, test: PreparedSplit,
