@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnist_dvc.code_deps import code_files, imported_modules
+from mnist_dvc.config.export import onnx_dir, onnx_model
 from mnist_dvc.config.params import Params
 from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
@@ -16,7 +17,7 @@ from tests.conftest import PIPELINE, REPO_ROOT, stage_config
 
 
 def test_stages_run_in_pipeline_order():
-    assert list(PIPELINE) == ["download", "preprocess", "train", "evaluate"]
+    assert list(PIPELINE) == ["download", "preprocess", "train", "evaluate", "export"]
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
@@ -51,10 +52,11 @@ def declared_files(spec: dict, kind: str) -> set[str]:
 def test_data_flows_through_declared_outs_and_deps():
     outs = {stage: declared_files(spec, "outs") for stage, spec in PIPELINE.items()}
     assert outs == {"download": {"data/raw"}, "preprocess": {"data/prepared"},
-                    "train": {"data/model"}, "evaluate": set()}
+                    "train": {"data/model"}, "evaluate": set(), "export": {"data/onnx"}}
     assert "data/raw" in PIPELINE["preprocess"]["deps"]
     assert "data/prepared" in PIPELINE["train"]["deps"]
     assert {"data/prepared", "data/model"} <= set(PIPELINE["evaluate"]["deps"])
+    assert {"data/prepared", "data/model"} <= set(PIPELINE["export"]["deps"])
 
 
 def test_every_stage_is_run_cacheable():
@@ -77,20 +79,22 @@ def test_the_layout_matches_dvc_yaml():
             declared |= declared_files(spec, kind)
     written = {layout.raw, layout.prepared, layout.model_dir, layout.train_metrics,
                layout.train_history, layout.eval_metrics, layout.predictions, layout.per_class,
-               layout.misclassified}
+               layout.misclassified, onnx_dir(layout)}
     assert {str(path) for path in written} == declared
     for path in (layout.model, layout.checkpoint):
         assert path.parent == layout.model_dir
+    assert onnx_model(layout).parent == onnx_dir(layout)
     # the unfinished-run state is no output, and both git and DVC ignore it
     assert not any(str(layout.resume).startswith(d) for d in declared)
     assert f"/{layout.resume}/" in (REPO_ROOT / ".dvcignore").read_text().split()
     assert "/data/" in (REPO_ROOT / ".gitignore").read_text().split()
 
 
-def test_the_model_artifact_points_at_the_model():
+def test_the_model_artifacts_point_at_the_models():
     artifacts = parse_yaml((REPO_ROOT / "dvc.yaml").read_text())["artifacts"]
     assert artifacts["mnist-cnn"]["path"] == str(Layout(Path()).model)
-    assert artifacts["mnist-cnn"]["type"] == "model"
+    assert artifacts["mnist-cnn-onnx"]["path"] == str(onnx_model(Layout(Path())))
+    assert {artifact["type"] for artifact in artifacts.values()} == {"model"}
 
 
 def test_no_curve_is_drawn_twice():
