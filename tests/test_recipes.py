@@ -8,17 +8,20 @@ section in params.yaml and its entry in dvc.yaml, with the code deps ``code_file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from mnist_dvc.code_deps import code_files
+from mnist_dvc.config.params import Params
 from mnist_dvc.config.schema import parse_yaml
 from tests.conftest import PIPELINE, REPO_ROOT
 from tests.dvc_repo import DvcRepo
@@ -126,6 +129,31 @@ def test_adding_a_stage_changes_nothing_another_stage_depends_on(project, tmp_pa
     assert done.returncode == 0, done.stderr
     counts = json.loads((root / "metrics" / "label_counts.json").read_text())
     assert [sum(counts[split]) for split in ("train", "test")] == [512, 256]  # the project's
+
+
+def test_adding_a_param_is_a_field_in_the_stages_config_and_a_line_in_params_yaml(tmp_path):
+    root = copy_of_the_code(tmp_path / "repo")
+    add_a_key(root, "evaluate")
+    read = [sys.executable, "-c", "from mnist_dvc.config.evaluate import EvaluateConfig; "
+            "from mnist_dvc.config.schema import load_config; "
+            "print(load_config('params.yaml', EvaluateConfig).evaluate.note)"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(read, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout == "added\n", done.stderr
+
+    shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")  # the field alone
+    done = subprocess.run(read, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "ParamsError: params.yaml: missing key 'evaluate.note'")
+
+
+def test_every_param_has_a_row_in_docs_parameters():
+    keys = [f"{section}.{f.name}" for section, params in typing.get_type_hints(Params).items()
+            for f in dataclasses.fields(params)]
+    assert len(keys) > len(typing.get_type_hints(Params))
+    documented = (REPO_ROOT / "docs" / "parameters.md").read_text()
+    assert [key for key in keys if f"| `{key}` |" not in documented] == []
 
 
 # --- with DVC itself -------------------------------------------------------------------------
