@@ -266,10 +266,11 @@ def seed_row(accuracies: dict[int, float], note: str) -> tuple[str, ...]:
             f"{(max(values) - min(values)) * 10000:.0f} images")
 
 
-def table(header: str, rows: Iterable[Sequence[Any]]) -> list[str]:
-    """A markdown table: ``header`` as "name | name", then each row's cells."""
+def table(header: str, rows: Iterable[Sequence[Any]], text_columns: int = 1) -> list[str]:
+    """A markdown table: ``header`` as "name | name", then each row's cells; the columns
+    after the first ``text_columns`` are numbers, aligned right."""
     columns = header.count("|") + 1
-    return [f"| {header} |", "|---" + "|---:" * (columns - 1) + "|",
+    return [f"| {header} |", "|---" * text_columns + "|---:" * (columns - text_columns) + "|",
             *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
 
 
@@ -285,14 +286,14 @@ def render(results: dict[str, Any], quick: bool, machine_name: str) -> str:
     return "\n".join([
         "# Training benchmark", "",
         f"Written by `python -m benchmarks.train_speed{' --quick' if quick else ''}` on "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, on "
         f"**{machine_name}**. A shared machine: rerun to refresh; compare only numbers from "
         "one run.", "",
         *(["> **Quick mode**: one round, one seed; it checks the plumbing, not the numbers.",
            ""] if quick else []),
         "## Targets", "",
         *table("target | measured | result", ((t.name, t.measured, "PASS" if t.passed else
-                                                "**FAIL**") for t in check_targets(results))),
+                                                "**FAIL**") for t in check_targets(results)), 3),
         "## The train stage against the seed notebook's loop", "",
         f"Side by side, in {len(stage)} round(s) that each run every contender once, in a "
         "rotating order (medians):", "",
@@ -321,7 +322,7 @@ def render(results: dict[str, Any], quick: bool, machine_name: str) -> str:
         *table("seeds | test accuracy of each | mean | lowest | range", [
             seed_row(results["seeds"], "the targets'; the defaults were chosen on them"),
             *([seed_row(results["held_out_seeds"], "held out: the spread without that choice")]
-              if results["held_out_seeds"] else [])]),
+              if results["held_out_seeds"] else [])], 2),
         "## Start-up", "",
         "The train stage (one epoch) with each call it makes into the library timed "
         "(`benchmarks/stage_anatomy.py`; a call made inside another counts in the outer):", "",
