@@ -173,10 +173,18 @@ def add_a_key(root: Path, stage: str) -> None:
                                                                       "  note: added\n", 1))
 
 
-def back_to_baseline(repo: DvcRepo, *added: str) -> None:
+def run_cache(repo: DvcRepo) -> set[Path]:
+    return set((repo.root / ".dvc" / "cache" / "runs").rglob("*"))
+
+
+def back_to_baseline(repo: DvcRepo, seen_runs: set[Path], *added: str) -> None:
+    """The pipeline's repository as the test found it, its run-cache included."""
     repo.git("reset", "-q", "--hard")  # dvc repro stages dvc.lock
     for path in added:
         (repo.root / path).unlink()
+    for path in sorted(run_cache(repo) - seen_runs, reverse=True):  # files before their dirs
+        path.unlink() if path.is_file() else path.rmdir()
+    assert run_cache(repo) == seen_runs
     repo.dvc("checkout", "--force")
     assert repo.git("status", "--porcelain").stdout == ""
     assert "up to date" in repo.dvc("status").stdout
@@ -186,23 +194,25 @@ def back_to_baseline(repo: DvcRepo, *added: str) -> None:
 @pytest.mark.parametrize("stage", ["preprocess", "evaluate"])
 def test_a_key_added_to_one_stages_config_reruns_that_stage_and_no_earlier_one(pipeline, stage):
     repo, _ = pipeline
+    seen_runs = run_cache(repo)
     add_a_key(repo.root, stage)
     assert set(json.loads(repo.dvc("status", "--json").stdout)) == {stage}
 
     ran = stages_run(repo.dvc("repro").stdout)
     later = list(PIPELINE)[list(PIPELINE).index(stage):]
     assert stage in ran and ran <= set(later)
-    back_to_baseline(repo)
+    back_to_baseline(repo, seen_runs)
 
 
 @pytest.mark.e2e
 def test_an_added_stage_is_the_only_one_dvc_runs(pipeline):
     repo, _ = pipeline
+    seen_runs = run_cache(repo)
     add_stage(repo.root)
     assert set(json.loads(repo.dvc("status", "--json").stdout)) == {"stats"}
 
     assert stages_run(repo.dvc("repro").stdout) == {"stats"}
     counts = json.loads((repo.root / "metrics" / "label_counts.json").read_text())
     assert [sum(counts[split]) for split in ("train", "test")] == [60000, 10000]
-    back_to_baseline(repo, "stages/stats.py", "mnist_dvc/config/stats.py",
+    back_to_baseline(repo, seen_runs, "stages/stats.py", "mnist_dvc/config/stats.py",
                      "metrics/label_counts.json")
