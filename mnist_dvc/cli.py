@@ -16,6 +16,7 @@ COMMANDS = {
     "predict": "the digit in PNG or JPEG images, with the trained model",
     "review": "a change's outputs against a base revision, with a significance test",
     "push": "share every run DVC has seen (outputs, metrics, plots) with a DVC remote",
+    "serve": "the digit in images POSTed over HTTP on 127.0.0.1, with the model predict uses",
 }
 
 

@@ -42,6 +42,10 @@ def run_stage(main: Callable[[], None], description: str | None = None,
 
     A stage takes no arguments (params.yaml drives it); ``--help`` prints ``description``.
 
+    Run as ``python -m stages.<name>`` (outside torchrun's workers, whose launcher checks for
+    them), it fails instead of ending normally if the params or code DVC will record for the
+    stage changed while it ran (mnist_dvc/records.py).
+
     Run as a program (``program``, by default when ``main`` is defined in ``__main__``), it
     freezes the objects alive before and after ``main`` out of the garbage collector. The
     modules imported by then
@@ -59,6 +63,11 @@ def run_stage(main: Callable[[], None], description: str | None = None,
         ).parse_args()
     if program is None:
         program = getattr(main, "__module__", None) == "__main__"  # not a test calling in
+    stage = _stage_run_by_dvc() if program else None
+    if stage is not None:
+        from mnist_dvc import records  # here: records imports modules that import this one
+
+        main = records.guarded(stage, main)
     if program:
         gc.freeze()
     try:
@@ -80,3 +89,12 @@ def run_stage(main: Callable[[], None], description: str | None = None,
         if program:
             gc.collect()
             gc.freeze()
+
+
+def _stage_run_by_dvc() -> str | None:
+    """``train`` in ``python -m stages.train``; None in a torchrun worker or another program."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    package, _, name = (spec.name if spec else "").partition(".")
+    if package != "stages" or not name or os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ def write_params(path: Path, params: Params) -> None:
     path.write_text(params_yaml(params))
 
 
+def without_torch(directory: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a Python process in which ``import torch`` fails (a sitecustomize module
+    in ``directory``, first on PYTHONPATH, sets ``sys.modules["torch"] = None``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    return {**env, "PYTHONPATH": os.pathsep.join(
+        [str(directory), str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])}
+
+
 TINY = {"train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu"},
         "evaluate": {"batch_size": 100, "threads": 1, "device": "cpu"}}
 
@@ -118,10 +128,10 @@ def pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_project(request) -> Path:
-    """A directory holding the real data/raw and a trained data/model: this checkout if
-    ``dvc repro`` has run here, else the e2e copy (made on first use)."""
+    """A directory holding the real data/raw, a trained data/model and its data/onnx: this
+    checkout if ``dvc repro`` has run here, else the e2e copy (made on first use)."""
     needed = ("data/raw/t10k-images-idx3-ubyte", "data/raw/t10k-labels-idx1-ubyte",
-              "data/model/model.pt")
+              "data/model/model.pt", "data/onnx/model.onnx")
     if all((REPO_ROOT / name).is_file() for name in needed):
         return REPO_ROOT
     repo, _ = request.getfixturevalue("pipeline")

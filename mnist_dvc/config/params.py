@@ -15,6 +15,7 @@ from typing import Any
 
 from mnist_dvc.config.download import DownloadParams
 from mnist_dvc.config.evaluate import EvaluateParams
+from mnist_dvc.config.export import ExportParams
 from mnist_dvc.config.preprocess import PreprocessParams
 from mnist_dvc.config.schema import PARAMS_FILE, dump_yaml, parse_config, read_params_file
 from mnist_dvc.config.train import ModelParams, TrainParams
@@ -27,6 +28,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

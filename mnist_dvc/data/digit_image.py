@@ -397,7 +397,7 @@ def digit_marks(mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
     padded[:mask.shape[0], :mask.shape[1]] = mask
     pooled = np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)))
     labels = label(pooled)
-    heavy = np.bincount(labels.ravel(), weights=pool_sum(weight * mask, factor, pooled.shape))
+    heavy = np.bincount(labels.ravel(), weights=pool_sum(weight * mask, factor, (height, width)))
     heavy[0] = 0
     boxes = mark_boxes(labels)
     chosen = {int(heavy.argmax())}
