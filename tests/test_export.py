@@ -38,12 +38,13 @@ from mnist_dvc.config.params import parse_params
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.idx import read_idx
 from mnist_dvc.data.prepared import Normalization
+from mnist_dvc.data.spec import DatasetSpec
 from mnist_dvc.errors import StageError, run_stage
 from mnist_dvc.files import file_digest
 from mnist_dvc.model import onnx_export
 from mnist_dvc.model.nets import build_model, load_model, predict_log_probs, save_model
 from mnist_dvc.model.onnx_export import Agreement
-from mnist_dvc.model.onnx_runtime import SOURCE_SHA256
+from mnist_dvc.model.onnx_runtime import CLASS_NAMES, SOURCE_SHA256, OnnxModel
 from stages import export as export_stage
 from tests.conftest import REPO_ROOT, TINY, make_project, without_torch
 from tests.renderings import SUFFIX, render_file
@@ -105,7 +106,7 @@ def test_the_graph_takes_pixels_at_any_batch_size_and_scores_as_pytorch_does(exp
     assert isinstance(given.shape[0], str) and returned.shape[1:] == [10]
     # the raw test bytes, as a caller holds them: nothing of this project's preprocessing
     images = read_idx(exported.raw / "t10k-images-idx3-ubyte", 3, (28, 28))
-    model, _, normalization = load_model(exported.model)
+    model, _, normalization, dataset = load_model(exported.model)
     expected = predict_log_probs(model, to_model_input(images, *normalization), 1000).numpy()
     for batch in (1, 5, len(images)):
         pixels = images[:batch, None].astype(np.float32) / 255
@@ -115,6 +116,29 @@ def test_the_graph_takes_pixels_at_any_batch_size_and_scores_as_pytorch_does(exp
         assert np.array_equal(scores.argmax(1), expected[:batch].argmax(1))
     metadata = session.get_modelmeta().custom_metadata_map
     assert metadata[SOURCE_SHA256] == file_digest(exported.model, "sha256")
+    assert OnnxModel.load(onnx_model(exported)).class_names == dataset.class_names
+
+
+def test_a_model_of_another_shape_and_classes_predicts_alike_in_both_runtimes(tmp_path,
+                                                                              drawings):
+    dataset = DatasetSpec("idx", (20, 24), ("ant", "bee", "cat"))
+    torch.manual_seed(2)
+    model = build_model("compact", image_shape=dataset.image_shape, num_classes=3)
+    save_model(tmp_path / "model.pt", "compact", model, Normalization(0.2, 0.3), dataset)
+    saved = load_model(tmp_path / "model.pt")
+    graph = onnx_export.export_onnx(saved, (1, 20, 24), ExportParams().opset, {
+        CLASS_NAMES: json.dumps(list(dataset.class_names))})
+    (tmp_path / "model.onnx").write_bytes(graph)
+
+    torch_predictor = load_predictor(tmp_path / "model.pt")
+    onnx_predictor = load_predictor(tmp_path / "model.onnx")
+
+    for predictor in (torch_predictor, onnx_predictor):
+        assert (predictor.image_shape, predictor.class_names) == ((20, 24), dataset.class_names)
+    with_torch = predict_files(drawings, tmp_path / "model.pt")
+    with_onnx = predict_files(drawings, tmp_path / "model.onnx")
+    assert [r["class"] for r in with_onnx] == [r["class"] for r in with_torch]
+    assert {r["class"] for r in with_onnx} <= set(dataset.class_names)
 
 
 def test_the_stage_reports_its_check_and_its_output_is_an_ordinary_onnx_model(exported, capsys):
