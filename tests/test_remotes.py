@@ -52,10 +52,12 @@ class Storage:
         return {str(path.relative_to(root)): path.read_bytes()
                 for path in (root / "storage" / "files").rglob("*") if path.is_file()}
 
-    def any_file(self) -> bool:
+    def names(self) -> set[str]:
+        """Every file on the server, temporary ones included."""
         if isinstance(self.server, S3):
-            return bool(self.server.client().list_objects_v2(Bucket=BUCKET).get("KeyCount"))
-        return any(path.is_file() for path in self.server.root.rglob("*"))
+            listed = self.server.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])
+            return {item["Key"] for item in listed}
+        return {str(path) for path in self.server.root.rglob("*") if path.is_file()}
 
     def write(self, key: str, data: bytes | None) -> None:
         """Overwrite (or, with None, delete) one object on the server, behind DVC's back."""
@@ -208,6 +210,7 @@ def test_exp_push_and_pull_then_a_clone_pulls_only_what_it_needs(member, storage
         clone.dvc("exp", "apply", name)
         assert model_bytes(clone) == experiment
 
+        member.run(*PUSH)  # the run-cache too: what lets a clone restore instead of train
         lean = clone_of(member, storage, tmp_path / "lean")
         unchanged = lean.dvc("repro", "--pull", "--allow-missing").stdout
         assert ran(unchanged) == set() and not (lean.root / "data").exists()
@@ -297,11 +300,12 @@ def test_refused_credentials_a_missing_bucket_and_a_server_down_are_one_line_eac
 
 def push_until(member: DvcRepo, storage: Storage, cut: Callable[[subprocess.Popen], None],
                ) -> subprocess.CompletedProcess:
-    """Start a push, and ``cut`` it as soon as the first object reaches the server."""
+    """Start a push, and ``cut`` it as soon as a new file reaches the server."""
+    before = storage.names()
     process = subprocess.Popen(PUSH, cwd=member.root, env=member.env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not storage.any_file() and process.poll() is None and time.monotonic() < deadline:
+    while storage.names() == before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     cut(process)
     stdout, stderr = process.communicate(timeout=120)
@@ -334,7 +338,7 @@ def test_a_push_cut_off_midway_fails_in_one_line_and_a_rerun_completes(
 
 
 def test_an_object_damaged_on_the_remote_is_caught_when_pulled(member, storage, tmp_path):
-    member.dvc("push")
+    member.run(*PUSH)
     files = storage.files()
     key = next(key for key, data in files.items() if data == model_bytes(member))
     damaged = bytearray(files[key])
@@ -355,8 +359,13 @@ def test_an_object_damaged_on_the_remote_is_caught_when_pulled(member, storage, 
     assert model_bytes(trusting) == bytes(damaged)
 
     assert "pushed 0 new object(s)" in member.run(*PUSH).stdout  # push checks names only
-    storage.write(key, None)  # the repair: delete the damaged object, push again
-    assert "pushed 1 new object(s)" in member.run(*PUSH).stdout
+    # The repair (docs/remotes.md): delete the damaged object and its directory's manifest
+    # (else DVC's index of the remote still lists the object), then push again.
+    manifest = output_hashes(member)["data/model"]
+    storage.write(key, None)
+    storage.write(next(name for name in files if name.endswith(f"{manifest[:2]}/{manifest[2:]}")),
+                  None)
+    assert "pushed 2 new object(s)" in member.run(*PUSH).stdout
     clone.dvc("pull", "train")
     assert model_bytes(clone) == model_bytes(member)
 
@@ -370,28 +379,34 @@ def test_the_s3_commands_of_docs_remotes_run_against_the_s3_server(pipeline, tmp
     storage = start_s3()
     repo = team_member(pipeline[0].root, storage, tmp_path / "home")
     repo.env = {key: value for key, value in repo.env.items() if not key.startswith("AWS_")}
-    repo.run("sh", "-c", f"dvc exp run -S {LR} && git checkout -- . && dvc checkout --force")
+    repo.dvc("exp", "run", "-S", LR)  # a run for the clone to restore (seen: restored here)
+    experiment = model_bytes(repo)
+    repo.run("sh", "-c", "git checkout -- . && dvc checkout --force")
     baseline = repo.git("rev-parse", "HEAD").stdout.strip()
     doc = (REPO_ROOT / "docs" / "remotes.md").read_text()
     blocks = re.findall(r"<!-- checked against moto(.*?) -->\n```sh\n(.*?)```", doc, re.S)
     assert len(blocks) >= 5
     script = "\n".join(f"cd {tmp_path}\n{block}" if where else block for where, block in blocks)
+    served = tmp_path / "git" / "mnist-dvc.git"  # the team's git server: this repository
+    served.parent.mkdir()
+    served.symlink_to(repo.root)
     for placeholder, value in {
         "https://s3.example.com": storage.server.endpoint,
         "my-team-bucket": BUCKET,
         "YOUR_KEY_ID": storage.env["AWS_ACCESS_KEY_ID"],
         "YOUR_SECRET": storage.env["AWS_SECRET_ACCESS_KEY"],
-        "https://git.example.com/team/mnist-dvc.git": str(repo.root),
+        "https://git.example.com/team/mnist-dvc.git": str(served),
         "make push": " ".join(PUSH),
     }.items():
         assert placeholder in script
         script = script.replace(placeholder, value)
     script = re.sub(r"^pip install .*$", "", script, flags=re.M)  # installed here
     try:
-        repo.run("bash", "-euo", "pipefail", "-c", script)
+        output = repo.run("bash", "-euo", "pipefail", "-c", script).stdout
+        assert ran(output) == set() and "Stage 'train' is cached" in output
         clone = tmp_path / "mnist-dvc"
-        assert (clone / "data" / "model" / "model.pt").read_bytes() == model_bytes(repo)
-        assert (clone / "model.pt").read_bytes() == model_bytes(repo)
+        assert (clone / "data" / "model" / "model.pt").read_bytes() == experiment
+        assert (clone / "model.pt").read_bytes() == model_bytes(repo)  # dvc get: the commit's
     finally:
         storage.server.stop()
         repo.git("reset", "-q", "--hard", baseline)
