@@ -151,6 +151,10 @@ class S3:
                             aws_access_key_id=self.server.facts["key_id"],
                             aws_secret_access_key=self.server.facts["secret"])
 
+    def stored_bytes(self, bucket: str) -> int:
+        listed = self.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+        return sum(int(item["Size"]) for item in listed)
+
     def stop(self) -> None:
         self.server.kill()
 
@@ -183,6 +187,9 @@ class SSH:
     def known_hosts_line(self) -> str:
         """The ``~/.ssh/known_hosts`` entry of this server (what ``ssh-keyscan`` prints)."""
         return f"[{HOST}]:{self.port} {(self.keys / 'host_key.pub').read_text().strip()}\n"
+
+    def stored_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
 
     def restart(self) -> SSH:
         """The same storage, keys and port, in a new process."""

@@ -168,6 +168,11 @@ def failure(remote: Remote, err: BaseException) -> StageError:
             how = (f"pip install -e '.[{extra}]'" if extra else f"pip install 'dvc[{scheme}]'")
             return StageError(f"{remote} needs DVC's {scheme} plugin (dvc-{scheme}), which is "
                               f"not installed: {how}")
+    if scheme in ("local", "file"):
+        for cause in chain:
+            if isinstance(cause, OSError):
+                return StageError(f"cannot write to {remote}: {cause.strerror or cause} "
+                                  f"({cause.filename}): is it mounted and writable?")
     for cause in chain:
         text = str(cause).lower().replace(" ", "")
         if isinstance(cause, PermissionError) or any(w.replace(" ", "") in text
