@@ -21,6 +21,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,18 +97,20 @@ class Server:
     @classmethod
     def start(cls, *args: str) -> Server:
         root = Path(__file__).resolve().parent.parent
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers", *args], cwd=root, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            ready = selector.select(START_TIMEOUT_S)
-        line = process.stdout.readline() if ready else ""
-        if not line:
-            process.kill()
-            _, errors = process.communicate(timeout=10)
-            raise RuntimeError(f"server {args[0]} did not start: {errors[-2000:]}")
+        with tempfile.TemporaryFile("w+") as log:  # a file: a full pipe would stall the server
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.servers", *args], cwd=root, text=True,
+                stdout=subprocess.PIPE, stderr=log, preexec_fn=die_with_parent)
+            assert process.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(process.stdout, selectors.EVENT_READ)
+                ready = selector.select(START_TIMEOUT_S)
+            line = process.stdout.readline() if ready else ""
+            if not line:
+                process.kill()
+                process.communicate(timeout=10)
+                log.seek(0)
+                raise RuntimeError(f"server {args[0]} did not start: {log.read()[-2000:]}")
         return cls(process, json.loads(line))
 
     def kill(self) -> None:

@@ -33,12 +33,10 @@ def test_a_missing_plugin_names_the_extra_that_installs_it(scheme):
     from dvc_objects.fs import registry
 
     remote = Remote("storage", f"{scheme}://place/path")
-    sys.modules[f"dvc_{scheme}"] = None  # type: ignore[assignment]  # import fails
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, f"dvc_{scheme}", None)  # as if not installed
         with pytest.raises(ImportError) as raised:
             registry[scheme]
-    finally:
-        del sys.modules[f"dvc_{scheme}"]
     message = str(failure(remote, raised.value))
     assert message == (f"remote 'storage' ({scheme}://place/path) needs DVC's {scheme} plugin "
                        f"(dvc-{scheme}), which is not installed: pip install -e '.[{scheme}]'")
