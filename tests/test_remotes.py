@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dvc.config.params import parse_yaml
 from tests.conftest import REPO_ROOT
 from tests.dvc_repo import DvcRepo
 from tests.servers import S3, SSH, make_keys
+from tests.test_e2e import output_hashes, ran, restored
 
 pytestmark = pytest.mark.e2e
 
@@ -129,20 +129,6 @@ def clone_of(repo: DvcRepo, storage: Storage, root: Path) -> DvcRepo:
     clone.env = {**repo.env, "DVC_SITE_CACHE_DIR": str(root.parent / "clone-site-cache")}
     add_remote(clone, storage)
     return clone
-
-
-def output_hashes(repo: DvcRepo) -> dict[str, str]:
-    lock = parse_yaml((repo.root / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values()
-            for out in stage.get("outs", [])}
-
-
-def ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", output))
-
-
-def restored(output: str) -> set[str]:
-    return set(re.findall(r"Stage '(\w+)' is cached - skipping run", output))
 
 
 def model_bytes(repo: DvcRepo) -> bytes:

@@ -8,8 +8,8 @@ this project commits to git (DVC keeps them in its cache for the run-cache all t
 Without them another clone cannot restore those runs: ``dvc exp run --pull`` trains again.
 This command does what ``dvc push --run-cache`` does, then uploads the outputs of every
 run-cache record, metrics and plots included, through DVC's own remote code. Afterwards, in
-any clone, ``dvc pull --run-cache`` and ``dvc exp run --pull -S ...`` (or ``dvc repro
---pull``) restore a run that was pushed instead of computing it.
+any clone, ``dvc exp run --pull -S ...`` (or ``dvc repro --pull``) fetches the records and
+outputs it needs and restores a run that was pushed instead of computing it.
 
 A failure (no plugin for the remote's kind, the server unreachable or gone mid-push, refused
 credentials, a missing bucket) is one line naming the remote; nothing local is touched, and
@@ -31,18 +31,18 @@ from mnist_dvc.errors import StageError
 
 # URL scheme -> this project's extra that installs DVC's plugin for it (pyproject.toml)
 EXTRAS = {"s3": "s3", "ssh": "ssh", "gs": "gs", "azure": "azure"}
-DENIED = ("permission denied", "forbidden", "accessdenied", "access denied",
-          "invalidaccesskeyid", "signaturedoesnotmatch", "unable to locate credentials",
-          "invalid access key", "authentication failed")
-NO_BUCKET = ("bucket does not exist", "nosuchbucket", "containernotfound",
-             "container does not exist")
+DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")  # as dvc.logger.setup() configures them
+# What the plugins' errors say, lower case and without spaces
+DENIED = ("permissiondenied", "forbidden", "accessdenied", "invalidaccesskeyid",
+          "signaturedoesnotmatch", "unabletolocatecredentials", "authenticationfailed")
+NO_BUCKET = ("bucketdoesnotexist", "nosuchbucket", "containernotfound",
+             "containerdoesnotexist")
+UNREACHABLE = ("couldnotconnect", "connectionnotopen", "connectionlost", "connectionrefused",
+               "connectcallfailed", "timedout")
 UNREACHABLE_TYPES = {"ConnectionError", "TimeoutError", "gaierror", "EndpointConnectionError",
                      "ConnectTimeoutError", "ReadTimeoutError", "SFTPNoConnection",
                      "SFTPConnectionLost", "ConnectionLost", "DisconnectError",
                      "ClientConnectorError", "ServerDisconnectedError"}
-DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")  # as dvc.logger.setup() configures them
-UNREACHABLE = ("could not connect", "connection not open", "connection lost",
-               "connection refused", "connect call failed", "timed out")
 
 
 @dataclass(frozen=True)
@@ -174,19 +174,22 @@ def failure(remote: Remote, err: BaseException) -> StageError:
                 return StageError(f"cannot write to {remote}: {cause.strerror or cause} "
                                   f"({cause.filename}): is it mounted and writable?")
     for cause in chain:
-        text = str(cause).lower().replace(" ", "")
-        if isinstance(cause, PermissionError) or any(w.replace(" ", "") in text
-                                                     for w in DENIED):
+        said = squashed(cause)
+        if isinstance(cause, PermissionError) or any(words in said for words in DENIED):
             return StageError(f"{remote} refused the credentials ({first_line(cause)}): set "
                               "them in .dvc/config.local or the environment (docs/remotes.md)")
-        if any(w.replace(" ", "") in text for w in NO_BUCKET):
+        if any(words in said for words in NO_BUCKET):
             bucket = urlparse(remote.url).netloc
             return StageError(f"{remote}: the bucket '{bucket}' does not exist; create it, "
                               "or correct the URL (dvc remote modify NAME url URL)")
     for cause in chain:
-        names = {kind.__name__ for kind in type(cause).__mro__}
-        if names & UNREACHABLE_TYPES or any(w in str(cause).lower() for w in UNREACHABLE):
+        kinds = {kind.__name__ for kind in type(cause).__mro__}
+        if kinds & UNREACHABLE_TYPES or any(words in squashed(cause) for words in UNREACHABLE):
             return StageError(f"cannot reach {remote}: {first_line(cause)}; nothing local "
                               "changed: rerun when it is back (what it holds is not sent again)")
     return StageError(f"push to {remote} failed: {type(chain[-1]).__name__}: "
                       f"{first_line(chain[-1])}")
+
+
+def squashed(err: BaseException) -> str:
+    return str(err).lower().replace(" ", "")
