@@ -61,9 +61,11 @@ def pins(lock: list[Requirement], name: str, env: dict[str, str]) -> list[str]:
 
 
 def declared() -> list[Requirement]:
+    """Every requirement of the project and its extras (an extra that names the project's own
+    extras, as dev names s3 and ssh, adds nothing of its own: they are listed anyway)."""
     extras = PYPROJECT.get("optional-dependencies", {}).values()
-    return [Requirement(line) for group in [PYPROJECT["dependencies"], *extras]
-            for line in group]
+    return [req for group in [PYPROJECT["dependencies"], *extras] for line in group
+            if (req := Requirement(line)).name != PYPROJECT["name"]]
 
 
 def test_the_makefile_locks_for_the_platforms_this_test_knows():
