@@ -76,8 +76,8 @@ def test_the_layout_matches_dvc_yaml():
         for kind in ("outs", "metrics", "plots"):
             declared |= declared_files(spec, kind)
     written = {layout.raw, layout.prepared, layout.model_dir, layout.train_metrics,
-               layout.train_history, layout.eval_metrics, layout.predictions, layout.per_class,
-               layout.misclassified}
+               layout.train_history, layout.train_steps, layout.eval_metrics,
+               layout.predictions, layout.per_class, layout.misclassified}
     assert {str(path) for path in written} == declared
     for path in (layout.model, layout.checkpoint):
         assert path.parent == layout.model_dir
