@@ -545,13 +545,15 @@ def check_report(repo, out: Path, base: str, label: str | None = None) -> tuple[
     assert f"{fixed} fixed, {broken} broken" in summary["verdict"]
     linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
     assert sorted(linked) == sorted(p.name for p in out.glob("*.png"))
-    expected = {"test_accuracy_per_epoch.png", "loss.png", "confusion_matrix.png",
-                "f1_per_digit.png",
+    expected = {"test_accuracy_per_epoch.png", "loss.png", "f1_per_digit.png",
+                "training_accuracy_every_25_steps.png", "training_loss_every_25_steps.png",
+                "errors_by_true_and_predicted_digit.png",
                 review.file_name(f"misclassified digits, {label or base}"),
                 "misclassified_digits_workspace.png"}
     expected |= {"digits_the_change_fixed.png"} if fixed else set()
     expected |= {"digits_the_change_broke.png"} if broken else set()
     assert expected <= set(linked)
+    assert "confusion_matrix.png" not in linked  # the errors alone say more at 99 %
     for name in linked:
         assert_png_not_blank(out / name)
     return report, summary
@@ -685,3 +687,57 @@ def test_a_metrics_file_that_is_not_json_is_one_line_naming_it(tmp_path):
         review.read_json("main:metrics/eval.json", b"not json")
     assert review.read_json(tmp_path / "absent.json") is None
     assert review.spread_line({"accuracy_by_seed": {"0": 0.99, "1": 0.98}}, 10000, 0.0) == []
+
+
+def review_experiments(repo) -> list[str]:
+    refs = repo.git("for-each-ref", "--format=%(refname)", "refs/exps/").stdout.split()
+    return [ref for ref in refs if ref.rsplit("/", 1)[-1].startswith("review-")]
+
+
+def waiting_in_queue(repo) -> list[str]:
+    return [line for line in repo.dvc("queue", "status").stdout.splitlines()
+            if re.search(r"\b(Queued|Running)\b", line)]
+
+
+@pytest.mark.e2e
+def test_seeds_of_a_revision_against_itself_are_exactly_zero_and_no_change(reviewed, tmp_path):
+    repo = reviewed.repo
+    done = run_review(repo, "--base", "HEAD", "--seeds", "2", "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["verdict"] == ("no change: the same predictions on all 2 seeds "
+                                  "(difference 0 images)")
+    assert summary["seeds"]["base"] == summary["seeds"]["head"]
+    assert list(summary["seeds"]["head"]) == ["100", "101"]
+    assert all(0.9 < accuracy < 1 for accuracy in summary["seeds"]["head"].values())
+    test = summary["seed_test"]
+    assert (test["mean_difference_images"], test["ci95_images"], test["p_value"]) == \
+        (0, [0, 0], 1)
+    # the base side ran the same params and code: DVC restored it from the run-cache
+    assert summary["seed_runs"]["base"].startswith("2 seeds in ")
+    assert summary["seed_runs"]["base"].endswith("2 of them restored from DVC's run-cache")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "No params changed." in report and "No pipeline code changed." in report
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
+    assert "training_curves_every_seed.png" in linked and len(linked) == 3
+    for name in linked:
+        assert_png_not_blank(tmp_path / "r" / name)
+    assert review_experiments(repo) == [] and waiting_in_queue(repo) == []
+    assert repo.git("worktree", "list").stdout.count("\n") == 1
+    assert repo.git("status", "--porcelain").stdout == reviewed.status
+
+
+@pytest.mark.e2e
+def test_seeds_against_a_base_that_fails_end_in_one_error_and_leave_nothing(reviewed,
+                                                                             tmp_path):
+    repo = reviewed.repo
+    done = run_review(repo, "--base", "review-broken", "--seeds", "2",
+                      "--out", str(tmp_path / "r"))
+    assert done.returncode != 0
+    assert "train.epochs must be an integer" in done.stderr  # the runs' own output first
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: the base side's run of seed(s) 100, 101 failed (its output is above)")
+    assert not (tmp_path / "r").exists()
+    assert review_experiments(repo) == [] and waiting_in_queue(repo) == []
+    assert repo.git("worktree", "list").stdout.count("\n") == 1
+    assert repo.git("status", "--porcelain").stdout == reviewed.status

@@ -65,7 +65,17 @@ def test_review_calls_the_makefiles_targets_in_order():
     called = [re.match(r"make (\S+)", command).group(1) for command in commands]
     assert called == ["test", "repro", "review"]
     assert set(called) <= set(targets)
-    assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" RERUN=1', commands[-1])
+    assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" SEEDS=5', commands[-1])
+
+
+def test_review_keeps_dvcs_cache_keyed_on_the_base_commit():
+    """The base's seeds restore from the run-cache on the next push to the pull request."""
+    names = [step.get("uses", "").split("@")[0] or step["run"] for step in steps()]
+    cache = steps()[names.index("actions/cache")]["with"]
+    assert cache["path"] == ".dvc/cache"
+    assert cache["key"].endswith("-${{ github.event.pull_request.base.sha }}")
+    assert cache["key"].startswith(cache["restore-keys"].strip())
+    assert names.index("actions/cache") < names.index("make repro")
 
 
 def test_review_uploads_the_folder_and_keeps_one_comment():

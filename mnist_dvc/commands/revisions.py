@@ -227,4 +227,4 @@ def require_empty_queue(cwd: Path | None) -> None:
     if waiting:
         raise StageError(f"DVC's experiment queue holds {len(waiting)} queued or running "
                          "experiment(s) (dvc queue status): let them finish or remove them "
-                         "(dvc queue remove --queued) and review again")
+                         "(dvc queue remove --queued, dvc queue kill NAME) and review again")
