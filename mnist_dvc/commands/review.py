@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.seeds is not None and not 2 <= args.seeds <= MAX_SEEDS:
         raise StageError(f"--seeds {args.seeds}: a paired comparison needs 2 to {MAX_SEEDS} "
-                         "seeds (5 see a change of about 9 test images)")
+                         "seeds (docs/review-across-seeds.md says what each number sees)")
     result = review(args.base, args.rerun) if args.seeds is None else \
         review_seeds(args.base, args.seeds)
     write_report(args.out, result)
