@@ -64,6 +64,6 @@ seed-spread: install
 
 # review --seeds' false-positive rate and power, measured on 20 seeds of the defaults and two
 # known changes (needs dvc repro's data/prepared): commit the docs/review_calibration.json it
-# writes. About 10 minutes on 2 cores.
+# writes. 5-20 minutes on 2 cores (docs/review-across-seeds.md).
 review-calibration: install
 	python -m benchmarks.review_calibration

@@ -32,7 +32,7 @@ from mnist_dvc.data.prepared import read_split
 from mnist_dvc.files import write_json_atomic
 
 CHANGES = ("train.shift=0", "train.epochs=1")  # a small known effect, and a large one
-SIZES, SPLITS = (3, 5), 20_000  # N seeds a side; random splits when there are more
+SIZES, SPLITS = (3, 5), 100_000  # N seeds a side; random splits when there are more
 
 
 def seed_errors(params: Params, prepared: Path, seed: int) -> int:
