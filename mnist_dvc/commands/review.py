@@ -256,9 +256,13 @@ def review_seeds(base: str, count: int, layout: Layout = Layout()) -> Review:
     result.images = len(actual)
     result.seeds = seed_review(actual, base_predicted, head_predicted, runs,
                                read_json(layout.root / CALIBRATION))
-    result.charts = seed_charts(result.seeds, base,
-                                {side: {seed: files["metrics/train_steps.csv"] for seed, files
-                                        in sides[side].files.items()} for side in sides})
+    steps = {side: {seed: files["metrics/train_steps.csv"] for seed, files
+                    in sides[side].files.items()} for side in sides}
+    result.charts = seed_charts(result.seeds, base, steps)
+    for side, name in (("base", base), ("head", "the workspace")):
+        if not all(steps[side].values()):
+            result.notes.append(f"{name}'s runs wrote no metrics/train_steps.csv (an older "
+                                "revision?): the training curves show the other side only")
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     return result

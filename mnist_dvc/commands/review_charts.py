@@ -89,7 +89,8 @@ def curves_chart(title: str, steps: Mapping[str, Mapping[int, bytes | None]]) ->
                     "x": {"field": "epoch", "type": "quantitative"},
                     "y": {"field": field, "type": "quantitative", "title": axis,
                           "scale": {"type": "log"}},
-                    "color": {"field": "side", "type": "nominal", "sort": list(steps)},
+                    "color": {"field": "side", "type": "nominal",  # a side keeps its colour
+                              "scale": {"domain": list(steps)}},
                     "detail": {"field": "seed", "type": "nominal"}}}
 
     return {"$schema": SCHEMA, "title": {"text": title}, "data": {"values": values},
