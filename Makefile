@@ -1,6 +1,6 @@
 # The two commands of the README:  make repro  (install, then run the pipeline)
 #                                   make test   (install, then lint, type-check and test)
-# and, for a pull request:          make review BASE=main [RERUN=1]  (report in review/)
+# and, for a pull request:          make review BASE=main [SEEDS=5 | RERUN=1]  (in review/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
@@ -15,7 +15,8 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 BASE ?= main
 
-.PHONY: install lock repro test test-fast lint benchmark push restore review seed-spread
+.PHONY: install lock repro test test-fast lint benchmark push restore review seed-spread \
+	review-calibration
 
 # The Pythons this project supports, oldest first: requirements.lock is resolved for all of
 # them, make lock checks a wheel for each, and pyproject.toml's classifiers name the same.
@@ -85,9 +86,11 @@ restore: install
 	git checkout HEAD -- params.yaml
 	dvc repro
 
-# The workspace's outputs against BASE; RERUN=1 recomputes BASE here first (mnist_dvc/commands/review.py).
+# The workspace's outputs against BASE; RERUN=1 recomputes BASE here first. SEEDS=N trains
+# N seeds a side here instead (the same seeds on both, through DVC's queue and run-cache)
+# and compares them pair by pair (docs/review-across-seeds.md).
 review: install
-	mnist-dvc review --base $(BASE) $(if $(RERUN),--rerun)
+	mnist-dvc review --base $(BASE) $(if $(RERUN),--rerun) $(if $(SEEDS),--seeds $(SEEDS))
 
 # The defaults' accuracy across seeds 0-9 on this machine, for review's noise band: commit
 # the docs/seed_spread.json it writes. Sequential on purpose: threads must stay the default.
@@ -95,3 +98,9 @@ seed-spread: install
 	dvc exp run --queue -S 'train.seed=range(0, 10)'
 	dvc exp run --run-all
 	mnist-dvc review --seed-spread
+
+# review --seeds' false-positive rate and power, measured on 20 seeds of the defaults and two
+# known changes (needs dvc repro's data/prepared): commit the docs/review_calibration.json it
+# writes. 5-20 minutes on 2 cores (docs/review-across-seeds.md).
+review-calibration: install
+	python -m benchmarks.review_calibration

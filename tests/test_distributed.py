@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.processes,
 EPOCHS = 3
 DDP = parse_params({"train": {"epochs": EPOCHS, "batch_size": 64, "threads": 1,
                               "device": "cpu", "nproc": 2}})
-OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
+OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history", "train_steps")
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TQDM_DISABLE": "1"}
 
 

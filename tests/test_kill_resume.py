@@ -21,7 +21,7 @@ pytestmark = pytest.mark.processes
 EPOCHS = 4
 PARAMS = parse_params({"train": {"epochs": EPOCHS, "batch_size": 32, "threads": 1,
                                  "device": "cpu"}})
-OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
+OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history", "train_steps")
 
 # `python -m stages.train`, with Ctrl-C handled as in a terminal: a shell that runs this
 # suite in the background without job control starts it with SIGINT ignored, and python

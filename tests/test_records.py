@@ -148,10 +148,14 @@ def test_the_sections_follow_the_config_convention(monkeypatch):
 
 
 def test_the_declared_outputs_are_the_stages_outs_metrics_and_plots(tmp_path):
-    assert records.declared_outputs("train", REPO_ROOT) == [
-        REPO_ROOT / "data/model", REPO_ROOT / "metrics/train.json",
-        REPO_ROOT / "metrics/train_history.csv"]
     assert records.declared_outputs("train", tmp_path) == []  # no dvc.yaml: no DVC record
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python -m stages.train\n    outs:\n    - data/model\n"
+        "    metrics:\n    - metrics/train.json:\n        cache: false\n"
+        "    plots:\n    - metrics/curve.csv:\n        x: epoch\n"
+        "  evaluate:\n    cmd: python -m stages.evaluate\n    outs:\n    - data/other\n")
+    assert records.declared_outputs("train", tmp_path) == [
+        tmp_path / "data/model", tmp_path / "metrics/train.json", tmp_path / "metrics/curve.csv"]
 
 
 # --- the guard around a stage's main ------------------------------------------------------

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 from scipy.stats import binomtest
 
-from mnist_dvc.commands import review
+from mnist_dvc.commands import paired_stats, review, review_charts
 from mnist_dvc.commands.review import Comparison, Review
 from mnist_dvc.config.params import Params
 from mnist_dvc.data.idx import encode_idx
@@ -251,6 +252,165 @@ def test_the_grid_of_changed_digits_shows_each_image_and_its_caption(tmp_path):
     assert missing == {} and "no grids of the fixed and broken digits" in notes[0]
 
 
+# --- across seeds ------------------------------------------------------------------------------
+SEEDS = [100, 101, 102, 103, 104]
+
+
+def seed_predictions(rng: np.random.Generator, actual: np.ndarray, error_rates: list[float]
+                     ) -> dict[int, np.ndarray]:
+    """Per seed: ``actual`` with a share of the images given another digit."""
+    predicted = {}
+    for seed, rate in zip(SEEDS, error_rates, strict=True):
+        wrong = rng.random(len(actual)) < rate
+        predicted[seed] = np.where(wrong, (actual + rng.integers(1, 10, len(actual))) % 10,
+                                   actual)
+    return predicted
+
+
+def synthetic_seed_review(seed: int, head_rates: list[float] | None = None,
+                          calibration: dict | None = None) -> Review:
+    rng = np.random.default_rng(seed)
+    actual = rng.integers(0, 10, 3000)
+    base = seed_predictions(rng, actual, [0.01] * 5)
+    head = seed_predictions(rng, actual, head_rates) if head_rates else base
+    runs = {"base": "5 seeds in 9 s, 5 of them restored from DVC's run-cache",
+            "head": "5 seeds in 60 s, 0 of them restored from DVC's run-cache"}
+    return synthetic_review(comparison=None, old={}, new={}, images=len(actual), spread=None,
+                            charts={}, source="trained on this machine",
+                            seeds=review.seed_review(actual, base, head, runs, calibration))
+
+
+@pytest.mark.parametrize(("case", "head_rates"), [
+    ("a real improvement", [0.005, 0.006, 0.004, 0.005, 0.006]),
+    ("noise", [0.011, 0.009, 0.0105, 0.0095, 0.01]),
+    ("a regression", [0.02, 0.018, 0.022, 0.019, 0.021]),
+])
+def test_the_seed_summary_equals_scipy_on_its_own_per_seed_numbers(tmp_path, case,
+                                                                   head_rates):
+    r = synthetic_seed_review(len(case), head_rates)
+    review.write_report(tmp_path, r)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    seeds = summary["seeds"]
+    assert list(seeds["base"]) == list(seeds["head"]) == [str(s) for s in SEEDS]
+    for side, predicted in (("base", r.seeds.base), ("head", r.seeds.head)):
+        for seed in SEEDS:  # the accuracy of each seed's own predictions
+            assert seeds[side][str(seed)] == pytest.approx(
+                np.mean(predicted[seed] == r.seeds.actual), abs=1e-12)
+    images = summary["seed_test"]["test_images"]
+    assert images == 3000
+    head = np.array([seeds["head"][str(s)] for s in SEEDS]) * images
+    base = np.array([seeds["base"][str(s)] for s in SEEDS]) * images
+    reference = stats.ttest_rel(head, base)
+    interval = reference.confidence_interval(0.95)
+    test = summary["seed_test"]
+    assert test["mean_difference_images"] == pytest.approx(np.mean(head - base), abs=1e-9)
+    assert test["ci95_images"] == pytest.approx([interval.low, interval.high], rel=1e-9)
+    assert test["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+    assert test["improved"] == int(np.sum(head - base > 0.5))
+    word = summary["verdict"].split(":")[0]
+    excludes_zero = interval.low > 0 or interval.high < 0
+    assert word == ({True: "better", False: "worse"}[interval.low > 0] if excludes_zero
+                    else "no evidence of a change"), summary["verdict"]
+    for seed, pair in summary["seed_pairs"].items():
+        fixed, broken = direct_counts(
+            predictions_csv(r.seeds.actual, r.seeds.base[int(seed)], np.random.default_rng(0)),
+            predictions_csv(r.seeds.actual, r.seeds.head[int(seed)], np.random.default_rng(0))
+        )[:2]
+        assert (pair["fixed"], pair["broken"]) == (fixed, broken)
+        assert pair["p_value"] == pytest.approx(
+            binomtest(min(fixed, broken), fixed + broken, 0.5).pvalue if fixed + broken
+            else 1.0, rel=1e-9)
+
+
+def test_the_verdicts_across_seeds_say_better_and_worse_only_past_the_interval():
+    better = review.verdict_of(synthetic_seed_review(1, [0.005, 0.006, 0.004, 0.005, 0.006]))
+    assert better.startswith("better: +") and "5 of 5 seeds improved" in better
+    worse = review.verdict_of(synthetic_seed_review(1, [0.02, 0.018, 0.022, 0.019, 0.021]))
+    assert worse.startswith("worse: -") and "0 of 5 seeds improved" in worse
+
+
+def test_a_side_against_itself_is_exactly_zero_and_no_change(tmp_path):
+    r = synthetic_seed_review(3)
+    review.write_report(tmp_path, r)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"]["base"] == summary["seeds"]["head"]
+    assert summary["seed_test"]["mean_difference_images"] == 0
+    assert summary["seed_test"]["ci95_images"] == [0, 0]
+    assert summary["verdict"] == ("no change: the same predictions on all 5 seeds "
+                                  "(difference 0 images)")
+    assert all(pair["fixed"] == pair["broken"] == 0 for pair in summary["seed_pairs"].values())
+
+
+def test_the_same_error_counts_on_other_images_are_no_evidence_not_no_change():
+    r = synthetic_seed_review(4)
+    swapped = {seed: np.roll(p, 1) for seed, p in r.seeds.base.items()}  # other images wrong
+    actual = np.roll(r.seeds.actual, 1)
+    same_counts = review.seed_review(actual, {s: np.roll(p, 0) for s, p in swapped.items()},
+                                     {s: np.where(p == actual, p, (actual + 1) % 10)
+                                      for s, p in swapped.items()}, r.seeds.runs)
+    assert same_counts.test.mean == 0 and not same_counts.identical
+    assert review.seed_verdict(same_counts).startswith("no evidence of a change: +0.0")
+
+
+def test_the_seed_report_leads_with_the_paired_comparison():
+    calibration = {"sd_images": 4.2, "errors": {"defaults": {str(s): 60 for s in range(20)}},
+                   "false_positive_rate": {"5": 0.046}}
+    r = synthetic_seed_review(5, [0.011, 0.009, 0.0105, 0.0095, 0.01], calibration)
+    report = review.render_report(r)
+    lines = report.splitlines()
+    assert lines[0] == "# Review: workspace against `main`, 5 seeds a side"
+    assert lines[2] == f"**Verdict: {review.seed_verdict(r.seeds)}.**"
+    assert report.index("## The change across seeds") < report.index("## What changed")
+    rows = table_rows(report, "## The change across seeds")
+    base_errors, head_errors = r.seeds.errors("base"), r.seeds.errors("head")
+    for seed in SEEDS:
+        cells = rows[str(seed)]
+        assert (int(cells[0]), int(cells[1])) == (base_errors[seed], head_errors[seed])
+        assert int(cells[2]) == base_errors[seed] - head_errors[seed]  # more right: positive
+    assert float(rows["mean"][2]) == pytest.approx(r.seeds.test.mean, abs=0.05)
+    effect = paired_stats.smallest_visible_effect(4.2, 5)
+    assert (f"spread by 4.2 test images (SD over 20 seeds, docs/review_calibration.json): 5 "
+            f"seeds a side see a change of about {effect:.0f} images 80 % of the time") in report
+    assert "in 4.6 % of random splits at 5 seeds" in report
+    assert "No params changed." not in report  # the synthetic change is listed
+    assert table_rows(report, "### Params") == {"train.lr": ["0.025", "0.02"]}
+
+
+def test_error_matrices_count_the_wrong_predictions_only():
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.2, rng.integers(0, 10, 500), actual)
+    matrix = review_charts.error_matrix(actual, predicted, 10)
+    crosstab = pd.crosstab(actual, predicted).reindex(index=range(10), columns=range(10),
+                                                     fill_value=0).to_numpy().copy()
+    np.fill_diagonal(crosstab, 0)
+    assert np.array_equal(matrix, crosstab)
+    assert matrix.sum() == (actual != predicted).sum()
+
+
+def test_the_charts_across_seeds_are_drawn(tmp_path):
+    r = synthetic_seed_review(6, [0.005, 0.006, 0.004, 0.005, 0.006])
+    steps = b"step,epoch,train_loss,train_acc\n25,0.5,0.9,0.7\n50,1.0,0.2,0.95\n"
+    charts = review.seed_charts(r.seeds, "main", {"base": {100: steps, 101: steps},
+                                                  "head": {100: steps, 101: None}})
+    assert list(charts) == ["test errors per seed",
+                            "errors by true and predicted class (mean over 5 seeds)",
+                            "training curves, every seed"]
+    for title, png in charts.items():
+        (tmp_path / review.file_name(title)).write_bytes(png)
+        assert_png_not_blank(tmp_path / review.file_name(title))
+    spec = review_charts.confusion_chart("t", {"a": np.eye(3), "b": np.ones((3, 3))},
+                                         ["0", "1", "2"], difference="b")
+    assert [len(view["data"]["values"]) for view in spec["hconcat"]] == [6, 6]  # no diagonal
+
+
+def test_seeds_outside_the_range_are_one_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(review.shutil, "which", lambda name: "/usr/bin/dvc")
+    for count in ("1", str(review.MAX_SEEDS + 1)):
+        with pytest.raises(StageError, match=rf"--seeds {count}: a paired comparison needs 2"):
+            review.main(["--base", "main", "--seeds", count, "--out", str(tmp_path)])
+
+
 # --- seed spread -------------------------------------------------------------------------------
 def exp_show(baseline: dict, experiments: list[tuple[dict, float | None]]) -> list[dict]:
     """`dvc exp show --json` as dvc 3.67 shapes it: the workspace, then HEAD and its exps."""
@@ -395,13 +555,15 @@ def check_report(repo, out: Path, base: str, label: str | None = None) -> tuple[
     assert f"{fixed} fixed, {broken} broken" in summary["verdict"]
     linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
     assert sorted(linked) == sorted(p.name for p in out.glob("*.png"))
-    expected = {"test_accuracy_per_epoch.png", "loss.png", "confusion_matrix.png",
-                "f1_per_class.png",
+    expected = {"test_accuracy_per_epoch.png", "loss.png", "f1_per_class.png",
+                "training_accuracy_every_25_steps.png", "training_loss_every_25_steps.png",
+                "errors_by_true_and_predicted_class.png",
                 review.file_name(f"misclassified digits, {label or base}"),
                 "misclassified_digits_workspace.png"}
     expected |= {"digits_the_change_fixed.png"} if fixed else set()
     expected |= {"digits_the_change_broke.png"} if broken else set()
     assert expected <= set(linked)
+    assert "confusion_matrix.png" not in linked  # the errors alone say more at 99 %
     for name in linked:
         assert_png_not_blank(out / name)
     return report, summary
@@ -535,3 +697,57 @@ def test_a_metrics_file_that_is_not_json_is_one_line_naming_it(tmp_path):
         review.read_json("main:metrics/eval.json", b"not json")
     assert review.read_json(tmp_path / "absent.json") is None
     assert review.spread_line({"accuracy_by_seed": {"0": 0.99, "1": 0.98}}, 10000, 0.0) == []
+
+
+def review_experiments(repo) -> list[str]:
+    refs = repo.git("for-each-ref", "--format=%(refname)", "refs/exps/").stdout.split()
+    return [ref for ref in refs if ref.rsplit("/", 1)[-1].startswith("review-")]
+
+
+def waiting_in_queue(repo) -> list[str]:
+    return [line for line in repo.dvc("queue", "status").stdout.splitlines()
+            if re.search(r"\b(Queued|Running)\b", line)]
+
+
+@pytest.mark.e2e
+def test_seeds_of_a_revision_against_itself_are_exactly_zero_and_no_change(reviewed, tmp_path):
+    repo = reviewed.repo
+    done = run_review(repo, "--base", "HEAD", "--seeds", "2", "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["verdict"] == ("no change: the same predictions on all 2 seeds "
+                                  "(difference 0 images)")
+    assert summary["seeds"]["base"] == summary["seeds"]["head"]
+    assert list(summary["seeds"]["head"]) == ["100", "101"]
+    assert all(0.9 < accuracy < 1 for accuracy in summary["seeds"]["head"].values())
+    test = summary["seed_test"]
+    assert (test["mean_difference_images"], test["ci95_images"], test["p_value"]) == \
+        (0, [0, 0], 1)
+    # the base side ran the same params and code: DVC restored it from the run-cache
+    assert summary["seed_runs"]["base"].startswith("2 seeds in ")
+    assert summary["seed_runs"]["base"].endswith("2 of them restored from DVC's run-cache")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "No params changed." in report and "No pipeline code changed." in report
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", report)
+    assert "training_curves_every_seed.png" in linked and len(linked) == 3
+    for name in linked:
+        assert_png_not_blank(tmp_path / "r" / name)
+    assert review_experiments(repo) == [] and waiting_in_queue(repo) == []
+    assert repo.git("worktree", "list").stdout.count("\n") == 1
+    assert repo.git("status", "--porcelain").stdout == reviewed.status
+
+
+@pytest.mark.e2e
+def test_seeds_against_a_base_that_fails_end_in_one_error_and_leave_nothing(reviewed,
+                                                                             tmp_path):
+    repo = reviewed.repo
+    done = run_review(repo, "--base", "review-broken", "--seeds", "2",
+                      "--out", str(tmp_path / "r"))
+    assert done.returncode != 0
+    assert "train.epochs must be an integer" in done.stderr  # the runs' own output first
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: the base side's run of seed(s) 100, 101 failed (its output is above)")
+    assert not (tmp_path / "r").exists()
+    assert review_experiments(repo) == [] and waiting_in_queue(repo) == []
+    assert repo.git("worktree", "list").stdout.count("\n") == 1
+    assert repo.git("status", "--porcelain").stdout == reviewed.status

@@ -112,3 +112,44 @@ def test_a_revision_git_does_not_know_is_one_line_and_leaves_nothing(git_repo):
         pass
     assert set(scratch.glob("unknown-rev-*")) == before  # its scratch directory went too
     assert git(git_repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+def test_untracked_code_lists_the_deps_the_queue_would_miss(git_repo):
+    assert revisions.untracked_code() == []
+    pipeline = parse_yaml((git_repo / "dvc.yaml").read_text())
+    pipeline["stages"]["train"]["deps"].append("stages/new.py")
+    (git_repo / "dvc.yaml").write_text(dump_yaml(pipeline))
+    (git_repo / "stages" / "new.py").write_text("y = 1\n")
+    (git_repo / "stages" / "loose.py").write_text("z = 1\n")  # untracked, but no dep
+    assert revisions.untracked_code() == ["stages/new.py"]
+
+
+def test_experiments_are_those_of_the_checkouts_head_with_the_prefix(git_repo):
+    head = git(git_repo, "rev-parse", "HEAD").strip()
+    git(git_repo, "commit", "-q", "--allow-empty", "-m", "other")
+    other = git(git_repo, "rev-parse", "HEAD").strip()
+    for baseline, name in ((head, "review-head-100"), (head, "review-head-101"),
+                           (head, "review-base-100"), (head, "my-exp"),
+                           (other, "review-head-102")):
+        git(git_repo, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", other)
+    git(git_repo, "checkout", "-q", head)
+    assert revisions.experiments(None, "review-head-") == {"review-head-100": other,
+                                                          "review-head-101": other}
+    assert revisions.experiments(None, "nothing-") == {}
+
+
+@pytest.mark.parametrize(("status", "waiting"), [
+    ("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n", 0),
+    ("Task     Name      Created    Status\n"
+     "1a2b3c4  lr-0.02   02:28 AM   Queued\n"
+     "5d6e7f8  bs-512    02:29 AM   Running\n"
+     "9a8b7c6  seed-3    02:20 AM   Success\n"
+     "0f1e2d3  seed-4    02:21 AM   Failed\n\nWorker status: 1 active, 0 idle\n", 2),
+])
+def test_review_refuses_to_run_someone_elses_queued_experiments(monkeypatch, status, waiting):
+    monkeypatch.setattr(revisions, "command", lambda *args, **kwargs: status)
+    if not waiting:
+        revisions.require_empty_queue(None)
+        return
+    with pytest.raises(StageError, match=rf"queue holds {waiting} queued or running"):
+        revisions.require_empty_queue(None)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,11 @@ from mnist_dvc.training.trainer import (
     shifted,
     smoothed_nll,
 )
+from stages import train as train_stage
 from stages.train import train
 from tests.conftest import write_params
 
-OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history")
+OUTPUTS = ("model", "checkpoint", "train_metrics", "train_history", "train_steps")
 
 
 def output_hashes(layout: Layout) -> dict[str, str]:
@@ -75,6 +77,40 @@ def test_training_learns_and_writes_every_output(project, tiny_params):
     checkpoint = torch_load_verified(project.checkpoint)
     assert checkpoint["kind"] == CHECKPOINT_KIND and checkpoint["history"] == history
     assert not list(project.resume.iterdir())  # the unfinished-run state is gone
+
+
+def test_the_step_curve_adds_up_to_each_epochs_training_numbers(project, tiny_params,
+                                                                 monkeypatch):
+    monkeypatch.setattr(train_stage, "STEP_WINDOW", 3)
+    history = train(with_train(tiny_params, epochs=2), project)  # 512 images: 8 steps an epoch
+    steps = pd.read_csv(project.train_steps)
+    assert list(steps.columns) == list(train_stage.STEP_COLUMNS)
+    assert steps.step.tolist() == [3, 6, 8, 11, 14, 16]  # the epoch's last window is shorter
+    assert steps.epoch.tolist() == pytest.approx([step / 8 for step in steps.step], abs=1e-6)
+    images = np.diff([0, *steps.step]) * 64  # every batch of 64: 512 is a multiple
+    for epoch, row in enumerate(history, start=1):
+        rows = (steps.step > (epoch - 1) * 8) & (steps.step <= epoch * 8)
+        for column in ("train_loss", "train_acc"):
+            mean = np.average(steps[column][rows], weights=images[rows])
+            assert mean == pytest.approx(row[column], abs=1e-5), column
+    checkpoint = torch_load_verified(project.checkpoint)
+    assert [step for step, *_ in checkpoint["steps"]] == steps.step.tolist()
+
+
+def test_the_step_curve_changes_neither_the_weights_nor_the_random_streams(project,
+                                                                           tiny_params):
+    data = to_device(read_split(project.prepared, "train"), torch.device("cpu"))
+    runs = []
+    for hook in (None, lambda done, stats: None):
+        trainer = Trainer(tiny_params.train, "compact", data, torch.device("cpu"))
+        trainer.run_epoch(on_window=hook, window=2)
+        runs.append(trainer.state_dict())
+    logged, plain = runs
+    for key in ("rng_shuffle", "rng_augment"):
+        assert torch.equal(logged[key], plain[key])
+    assert torch.equal(logged["rng_global"][0], plain["rng_global"][0])
+    for name, tensor in plain["model"].items():
+        assert torch.equal(logged["model"][name], tensor), name
 
 
 def test_the_model_keeps_the_normalization_preprocess_wrote_not_params(project, tiny_params):

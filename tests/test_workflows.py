@@ -81,7 +81,7 @@ def test_review_calls_the_makefiles_targets_in_order():
     called = [re.match(r"make (\S+)", command).group(1) for command in commands]
     assert called == ["test", "repro", "review"]
     assert set(called) <= set(targets)
-    assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" RERUN=1', commands[-1])
+    assert re.fullmatch(r'make review BASE="origin/\$BASE_REF" SEEDS=5', commands[-1])
     assert jobs()["review"]["needs"] == "test"  # no review of a branch that fails its tests
 
 
@@ -105,6 +105,16 @@ def test_actionlint_flags_a_matrix_python_that_is_not_defined(tmp_path):
     result = subprocess.run([actionlint(), "-no-color", str(broken)], capture_output=True,
                             text=True)
     assert result.returncode != 0 and "pyhton" in result.stdout
+
+
+def test_review_keeps_dvcs_cache_keyed_on_the_base_commit():
+    """The base's seeds restore from the run-cache on the next push to the pull request."""
+    names = [step.get("uses", "").split("@")[0] or step["run"] for step in steps()]
+    cache = steps()[names.index("actions/cache")]["with"]
+    assert cache["path"] == ".dvc/cache"
+    assert cache["key"].endswith("-${{ github.event.pull_request.base.sha }}")
+    assert cache["key"].startswith(cache["restore-keys"].strip())
+    assert names.index("actions/cache") < names.index("make repro")
 
 
 def test_review_uploads_the_folder_and_keeps_one_comment():

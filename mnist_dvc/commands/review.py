@@ -1,7 +1,15 @@
 """Review a change to the pipeline: the workspace's outputs against a base revision.
 
     mnist-dvc review [--base REV] [--rerun] [--out DIR]    (make review BASE=main RERUN=1)
+    mnist-dvc review --base REV --seeds N [--out DIR]      (make review BASE=main SEEDS=5)
     mnist-dvc review --seed-spread                          (make seed-spread)
+
+With --seeds N, both sides train here on the same N seeds (100, 101, ...: apart from the
+seeds the defaults were chosen on) through DVC's queue, so runs DVC has seen restore from
+its run-cache; the report leads with the paired comparison: the mean difference in test
+images with its 95 % interval, the paired t-test, how many seeds improved. It answers
+"does this change train better", where one run a side answers only "do these two models
+differ on this test set" (docs/review-across-seeds.md).
 
 Writes DIR (default review/): report.md, summary.json and PNG charts. The report says what
 changed (params, pipeline code), what it did (eval.json and train.json side by side) and
@@ -28,6 +36,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,14 +45,26 @@ from typing import Any
 
 import numpy as np
 
+from mnist_dvc.commands import review_charts
+from mnist_dvc.commands.paired_stats import (
+    CONFIDENCE,
+    POWER,
+    PairedTest,
+    paired_test,
+    smallest_visible_effect,
+)
 from mnist_dvc.commands.revisions import (
+    SeedRuns,
+    cache_sharing_worktree,
     changed_code,
     command,
     git_show,
     read_bytes,
     recomputed,
     require_committed,
+    seed_runs,
     stale_stages,
+    untracked_code,
 )
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.data.digit_grid import digit_grid, png_bytes
@@ -56,6 +77,16 @@ ALPHA = 0.05  # a McNemar p below this is called evidence of a change
 GRID_LIMIT = 50  # digits per grid of fixed and broken images
 SEED_SPREAD = Path("docs") / "seed_spread.json"
 METRIC_FILES = ("eval.json", "train.json")
+CALIBRATION = Path("docs") / "review_calibration.json"  # benchmarks/review_calibration.py
+FIRST_SEED = 100  # --seeds: 100, 101, ...; the defaults were chosen on seeds 0-9
+# --seeds runs SEED_JOBS pipelines at a time with train.threads SEED_THREADS on both sides
+# (the thread count changes the bits, so both sides must share it): on 2 cores two runs of
+# one thread finish sooner than one run of two threads after another (measured, see
+# docs/review-across-seeds.md).
+SEED_JOBS = 2
+SEED_THREADS = 1
+MAX_SEEDS = 50
+SEED_FILES = ("metrics/predictions.csv", "metrics/train_steps.csv")
 
 
 @dataclass(frozen=True)
@@ -83,6 +114,36 @@ class Review:
     spread: dict | None = None  # docs/seed_spread.json
     notes: list[str] = field(default_factory=list)
     charts: dict[str, bytes | None] = field(default_factory=dict)  # title: PNG, or absent
+    seeds: SeedReview | None = None  # --seeds
+
+
+@dataclass(frozen=True)
+class SeedReview:
+    """--seeds: both sides' predictions for each seed, and the paired comparison."""
+
+    actual: np.ndarray  # the test labels
+    base: dict[int, np.ndarray]  # seed: predicted classes
+    head: dict[int, np.ndarray]
+    pairs: dict[int, Comparison]  # seed: McNemar between its two models
+    test: PairedTest  # of the images right, head minus base
+    runs: dict[str, str]  # side: how its runs went (count, restored, seconds)
+    calibration: dict | None = None  # docs/review_calibration.json
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.base)
+
+    def errors(self, side: str) -> dict[int, int]:
+        predicted = self.base if side == "base" else self.head
+        return {seed: int((predicted[seed] != self.actual).sum()) for seed in self.seeds}
+
+    def accuracy(self, side: str) -> dict[str, float]:
+        return {str(seed): 1 - errors / len(self.actual)
+                for seed, errors in self.errors(side).items()}
+
+    @property
+    def identical(self) -> bool:
+        return all(np.array_equal(self.base[s], self.head[s]) for s in self.seeds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -90,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main", help="git revision to compare with (main)")
     parser.add_argument("--rerun", action="store_true", help="recompute the base here")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help=f"train N seeds a side here (seeds {FIRST_SEED}, "
+                             f"{FIRST_SEED + 1}, ...) and compare them pair by pair")
     parser.add_argument("--out", type=Path, default=Path("review"), help="folder (review/)")
     parser.add_argument("--seed-spread", action="store_true", help=f"write {SEED_SPREAD}")
     args = parser.parse_args(argv)
@@ -101,16 +165,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_json_atomic(SEED_SPREAD, spread)
         print(f"review: wrote {SEED_SPREAD} ({len(spread['accuracy_by_seed'])} seeds)")
         return
-    result = review(args.base, args.rerun)
+    if args.seeds is not None and not 2 <= args.seeds <= MAX_SEEDS:
+        raise StageError(f"--seeds {args.seeds}: a paired comparison needs 2 to {MAX_SEEDS} "
+                         "seeds (docs/review-across-seeds.md says what each number sees)")
+    result = review(args.base, args.rerun) if args.seeds is None else \
+        review_seeds(args.base, args.seeds)
     write_report(args.out, result)
     print(f"review: {verdict_of(result) or 'no comparison'}; wrote {args.out / 'report.md'}")
 
 
+def resolve(base: str) -> str:
+    return command("git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}",
+                   failure=f"unknown base revision {base!r}: git knows no commit by that "
+                           "name").strip()
+
+
 def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
     """Every input is checked before the slow work, so bad input fails before anything."""
-    sha = command("git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}",
-                  failure=f"unknown base revision {base!r}: git knows no commit by that "
-                          "name").strip()
+    sha = resolve(base)
     if rerun:
         require_committed()
     new = {name: read_json(layout.metrics / name) for name in METRIC_FILES}
@@ -133,6 +205,8 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
         old_csv, old_png = (git_show(rev, f"metrics/{name}")
                             for name in ("predictions.csv", "misclassified.png"))
         plots = json.loads(command("dvc", "plots", "diff", rev, "--json", "-o", scratch))
+    # the full confusion matrix at 99 % is a dark diagonal: the errors alone are drawn below
+    plots.get("data", {}).pop(str(layout.predictions.relative_to(layout.root)), None)
     if rerun:
         result.source = (f"recomputed on this machine (dvc repro of {base} in a temporary "
                          "worktree sharing this repository's DVC cache)")
@@ -145,12 +219,123 @@ def review(base: str, rerun: bool, layout: Layout = Layout()) -> Review:
     else:
         old_actual, old_predicted = read_predictions(old_csv, base)
         result.comparison = compare(old_actual, old_predicted, actual, predicted)
+        result.charts.update(error_charts(actual, {base: {0: old_predicted},
+                                                   "workspace": {0: predicted}}))
         grids = change_grids(result.comparison, actual, old_predicted, predicted,
                              layout.raw / IDX_FILES["test"].images, result.notes)
         result.charts.update(grids)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     return result
+
+
+def review_seeds(base: str, count: int, layout: Layout = Layout()) -> Review:
+    """Train ``count`` seeds of the workspace (uncommitted changes included) and of ``base``
+    (in a temporary worktree sharing this repository's DVC cache), then compare seed by
+    seed. The workspace's own outputs are neither needed nor touched."""
+    sha = resolve(base)
+    if loose := untracked_code():
+        raise StageError(f"pipeline code that git does not track ({', '.join(loose[:3])}): "
+                         "DVC's queue copies tracked files only: git add it and review again")
+    seeds = list(range(FIRST_SEED, FIRST_SEED + count))
+    overrides = [f"train.threads={SEED_THREADS}"]
+    result = Review(base, f"trained on this machine, seeds {seeds[0]}-{seeds[-1]} on both "
+                    f"sides (train.threads {SEED_THREADS}, {SEED_JOBS} runs at a time)",
+                    json.loads(command("dvc", "params", "diff", sha, "--json") or "{}"),
+                    changed_code(sha), {}, {})
+    runs, sides = {}, {}
+    for side in ("head", "base"):  # the change first: if it fails, it fails early
+        started = time.perf_counter()
+        with (cache_sharing_worktree(sha, "review-base-") if side == "base"
+              else contextlib.nullcontext(None)) as tree:
+            sides[side] = seed_runs(side, seeds, overrides, SEED_JOBS, SEED_FILES, cwd=tree)
+        runs[side] = run_summary(sides[side], time.perf_counter() - started)
+    actual, base_predicted = seed_predictions(sides["base"], base)
+    head_actual, head_predicted = seed_predictions(sides["head"], "the workspace")
+    if not np.array_equal(actual, head_actual):
+        raise StageError(f"{base} and the workspace hold different test images")
+    result.images = len(actual)
+    result.seeds = seed_review(actual, base_predicted, head_predicted, runs,
+                               read_json(layout.root / CALIBRATION))
+    steps = {side: {seed: files["metrics/train_steps.csv"] for seed, files
+                    in sides[side].files.items()} for side in sides}
+    result.charts = seed_charts(result.seeds, base, steps)
+    for side, name in (("base", base), ("head", "the workspace")):
+        if not all(steps[side].values()):
+            result.notes.append(f"{name}'s runs wrote no metrics/train_steps.csv (an older "
+                                "revision?): the training curves show the other side only")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return result
+
+
+def seed_review(actual: np.ndarray, base: dict[int, np.ndarray], head: dict[int, np.ndarray],
+                runs: dict[str, str], calibration: dict | None = None) -> SeedReview:
+    """Each seed's McNemar test, and the paired t-test of the images right, head - base."""
+    seeds = sorted(base)
+    pairs = {seed: compare(actual, base[seed], actual, head[seed]) for seed in seeds}
+    right = {side: [int((predicted[seed] == actual).sum()) for seed in seeds]
+             for side, predicted in (("base", base), ("head", head))}
+    return SeedReview(actual, base, head, pairs, paired_test(right["base"], right["head"]),
+                      runs, calibration)
+
+
+def run_summary(runs: SeedRuns, seconds: float) -> str:
+    return (f"{len(runs.files)} seeds in {seconds:.0f} s, {runs.restored} of them restored "
+            "from DVC's run-cache")
+
+
+def seed_predictions(runs: SeedRuns, side: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The test labels and each seed's predicted classes, from its predictions.csv."""
+    actual: np.ndarray | None = None
+    predicted = {}
+    for seed, files in sorted(runs.files.items()):
+        data = files["metrics/predictions.csv"]
+        if data is None:
+            raise StageError(f"{side}, seed {seed}: its run wrote no metrics/predictions.csv "
+                             "(an older revision?): --seeds needs per-image predictions")
+        labels, predicted[seed] = read_predictions(data, f"{side}, seed {seed}")
+        if actual is not None and not np.array_equal(actual, labels):
+            raise StageError(f"{side}: the seeds' predictions.csv hold different test images")
+        actual = labels
+    assert actual is not None
+    return actual, predicted
+
+
+def error_charts(actual: np.ndarray,
+                 sides: dict[str, dict[int, np.ndarray]]) -> dict[str, bytes]:
+    """The errors-only confusion matrices of two sides (mean over seeds) and their
+    difference, second side minus first: red where it errs more."""
+    classes = int(actual.max()) + 1
+    matrices = {side: np.mean([review_charts.error_matrix(actual, p, classes)
+                               for p in by_seed.values()], axis=0)
+                for side, by_seed in sides.items()}
+    (first, old), (second, new) = matrices.items()
+    title = "errors by true and predicted class" + (
+        f" (mean over {len(next(iter(sides.values())))} seeds)"
+        if len(next(iter(sides.values()))) > 1 else "")
+    spec = review_charts.confusion_chart(
+        title[:1].upper() + title[1:], {first: old, second: new, f"{second} - {first}":
+                                        new - old}, [str(c) for c in range(classes)],
+        difference=f"{second} - {first}")
+    return {title: review_charts.render(spec)}
+
+
+def seed_charts(seeds: SeedReview, base: str,
+                steps: dict[str, dict[int, bytes | None]]) -> dict[str, bytes | None]:
+    """--seeds: each seed's errors on both sides, the errors-only confusion matrices, and
+    every run's training curve."""
+    label = {"base": base, "head": "workspace"}
+    charts: dict[str, bytes | None] = {
+        "test errors per seed": review_charts.render(review_charts.paired_chart(
+            "Test errors per seed", {label[side]: seeds.errors(side)
+                                     for side in ("base", "head")}))}
+    charts.update(error_charts(seeds.actual, {base: seeds.base, "workspace": seeds.head}))
+    if any(data for by_seed in steps.values() for data in by_seed.values()):
+        charts["training curves, every seed"] = review_charts.render(
+            review_charts.curves_chart("Training curves, every seed (every 25 steps)", {
+                label[side]: steps[side] for side in ("base", "head")}))
+    return charts
 
 
 def read_json(path: Path | str, data: bytes | None = None) -> Any:
@@ -217,8 +402,25 @@ def verdict(fixed: int, broken: int, p: float) -> str:
 
 def verdict_of(result: Review) -> str | None:
     """The verdict, or None where the base had no predictions to compare."""
+    if result.seeds is not None:
+        return seed_verdict(result.seeds)
     c = result.comparison
     return verdict(len(c.fixed), len(c.broken), c.p) if c else None
+
+
+def seed_verdict(seeds: SeedReview) -> str:
+    """One line: "better" or "worse" only when the 95 % interval of the mean difference
+    excludes 0 (the same as the paired t-test's p < 0.05); "no change" only when every
+    seed's two models predict every test image alike."""
+    t = seeds.test
+    if seeds.identical:
+        return (f"no change: the same predictions on all {len(t.differences)} seeds "
+                "(difference 0 images)")
+    kind = t.direction or "no evidence of a change"
+    low, high = t.ci95
+    return (f"{kind}: {t.mean:+.1f} test images right (95 % interval {low:+.1f} to "
+            f"{high:+.1f}, {format_p(t.p)}); {t.improved} of {len(t.differences)} seeds "
+            "improved")
 
 
 def render_charts(plots: dict[str, list[dict]], labels: dict[str, str]) -> dict[str, bytes]:
@@ -304,18 +506,33 @@ def spread_line(spread: dict | None, images: int, change: float | None) -> list[
     return [line + ".", ""]
 
 
-def render_report(r: Review) -> str:
-    """report.md: what changed, what it did, whether it is more than noise; then the charts."""
-    out = [f"# Review: workspace against `{r.base}`", "", f"Base numbers: {r.source}.", ""]
-    out += [f"> note: {note}" for note in r.notes] + ([""] if r.notes else [])
+def what_changed(r: Review) -> list[str]:
     rows = [[key if path == "params.yaml" else f"{path}: {key}", number(change.get("old")),
              number(change.get("new"))] for path, keys in r.params.items()
             for key, change in keys.items()]
-    out += ["## What changed", "", "### Params", "",
+    return ["## What changed", "", "### Params", "",
             *(table(["Param", r.base, "workspace"], rows) if rows else ["No params changed."]),
-            "", "### Pipeline code (the stages/*.py deps in dvc.yaml)", "",
+            "", "### Pipeline code (the code deps in dvc.yaml)", "",
             *([f"- `{name}`" + " (uncommitted)" * loose for name, loose in r.code]
-              or ["No pipeline code changed."]), "", "## What it did", ""]
+              or ["No pipeline code changed."]), ""]
+
+
+def chart_lines(r: Review) -> list[str]:
+    out = ["## Charts", ""]
+    for title, data in r.charts.items():
+        if data:
+            out += [f"### {title[:1].upper()}{title[1:]}", "", f"![{title}]({file_name(title)})",
+                    ""]
+    return out
+
+
+def render_report(r: Review) -> str:
+    """report.md: what changed, what it did, whether it is more than noise; then the charts."""
+    if r.seeds is not None:
+        return render_seed_report(r, r.seeds)
+    out = [f"# Review: workspace against `{r.base}`", "", f"Base numbers: {r.source}.", ""]
+    out += [f"> note: {note}" for note in r.notes] + ([""] if r.notes else [])
+    out += [*what_changed(r), "## What it did", ""]
     for name in METRIC_FILES:
         out += [f"### metrics/{name}", "", *table(["Metric", r.base, "workspace", "Change"],
                                                   metric_rows(r.old.get(name), r.new[name])), ""]
@@ -336,12 +553,59 @@ def render_report(r: Review) -> str:
         (r.new["eval.json"] or {}).get("accuracy")
     out += spread_line(r.spread, r.images, None if old_acc is None or new_acc is None
                        else new_acc - old_acc)
-    out += ["## Charts", ""]
-    for title, data in r.charts.items():
-        if data:
-            out += [f"### {title[:1].upper()}{title[1:]}", "", f"![{title}]({file_name(title)})",
-                    ""]
-    return "\n".join(out)
+    return "\n".join(out + chart_lines(r))
+
+
+def render_seed_report(r: Review, s: SeedReview) -> str:
+    """report.md for --seeds: the paired comparison first, then what changed, the charts."""
+    t, seeds = s.test, s.seeds
+    base_errors, head_errors = s.errors("base"), s.errors("head")
+    rows = [[str(seed), str(base_errors[seed]), str(head_errors[seed]),
+             number(int(d), signed=True), str(len(s.pairs[seed].fixed)),
+             str(len(s.pairs[seed].broken)), format_p(s.pairs[seed].p)[4:]]
+            for seed, d in zip(seeds, t.differences, strict=True)]
+    rows.append(["mean", f"{np.mean(list(base_errors.values())):.1f}",
+                 f"{np.mean(list(head_errors.values())):.1f}", f"{t.mean:+.1f}", "", "", ""])
+    low, high = t.ci95
+    level = f"{CONFIDENCE * 100:.0f} %"
+    out = [f"# Review: workspace against `{r.base}`, {len(seeds)} seeds a side", "",
+           f"**Verdict: {seed_verdict(s)}.**", "",
+           f"Both sides {r.source}: {r.base}: {s.runs['base']}; workspace: {s.runs['head']}.",
+           ""]
+    out += [f"> note: {note}" for note in r.notes] + ([""] if r.notes else [])
+    out += ["## The change across seeds", "",
+            *table(["Seed", f"{r.base} errors", "workspace errors", "difference", "fixed",
+                    "broken", "McNemar p"], rows), "",
+            "Difference: test images the workspace gets right minus those the base gets "
+            f"right ({r.images} test images), seed by seed.", "",
+            f"- Mean difference {t.mean:+.2f} images, {level} interval {low:+.2f} to "
+            f"{high:+.2f} (paired t, {len(seeds) - 1} degrees of freedom); paired t-test "
+            f"{format_p(t.p)}; {t.improved} of {len(seeds)} seeds improved, {t.worsened} "
+            "worsened.",
+            f"- The verdict says better or worse only when the {level} interval excludes 0."
+            + sensitivity(s.calibration, len(seeds)),
+            "- McNemar's exact test per seed (fixed against broken) asks only whether that "
+            "seed's two models differ on this test set, not whether the change trains better.",
+            ""]
+    return "\n".join(out + what_changed(r) + chart_lines(r))
+
+
+def sensitivity(calibration: dict | None, seeds: int) -> str:
+    """What ``seeds`` pairs can see, from the committed calibration sweep (if any)."""
+    calibration = calibration or {}
+    sd = calibration.get("sd_images")
+    if not isinstance(sd, int | float) or sd <= 0:
+        return ""
+    line = (f" Runs of the defaults spread by {sd:.1f} test images (SD over "
+            f"{len(calibration.get('errors', {}).get('defaults', {})) or 'the'} seeds, "
+            f"{CALIBRATION}): {seeds} seeds a side see a change of about "
+            f"{smallest_visible_effect(sd, seeds):.0f} images {POWER * 100:.0f} % of the time; "
+            "smaller real changes often read as no evidence.")
+    measured = (calibration.get("false_positive_rate") or {}).get(str(seeds))
+    if isinstance(measured, int | float):
+        line += (f" On that sweep the verdict called a change where there was none in "
+                 f"{measured * 100:.1f} % of random splits at {seeds} seeds.")
+    return line
 
 
 def write_report(out: Path, r: Review) -> None:
@@ -354,11 +618,27 @@ def write_report(out: Path, r: Review) -> None:
     for name, data in {**files, "report.md": render_report(r).encode()}.items():
         write_bytes_atomic(out / name, data)
     c = r.comparison
-    write_json_atomic(out / "summary.json", {
+    summary = {
         "base": r.base, "base_numbers": r.source, "notes": r.notes, "alpha": ALPHA,
         "fixed": len(c.fixed) if c else None, "broken": len(c.broken) if c else None,
         "shared": c.shared if c else None, "p_value": c.p if c else None,
-        "verdict": verdict_of(r), "files": ["report.md", *files]})
+        "verdict": verdict_of(r), "files": ["report.md", *files]}
+    if (s := r.seeds) is not None:
+        summary.update(seed_summary(s, r.images))
+    write_json_atomic(out / "summary.json", summary)
+
+
+def seed_summary(s: SeedReview, images: int) -> dict[str, Any]:
+    """--seeds' part of summary.json: head minus base, in test images."""
+    return {
+        "seeds": {"base": s.accuracy("base"), "head": s.accuracy("head")},
+        "seed_test": {"mean_difference_images": s.test.mean,
+                      "ci95_images": list(s.test.ci95), "p_value": s.test.p,
+                      "sd_images": s.test.sd, "improved": s.test.improved,
+                      "worsened": s.test.worsened, "test_images": images},
+        "seed_pairs": {str(seed): {"fixed": len(c.fixed), "broken": len(c.broken),
+                                   "p_value": c.p} for seed, c in s.pairs.items()},
+        "seed_runs": {"threads": SEED_THREADS, "jobs": SEED_JOBS, **s.runs}}
 
 
 def machine() -> str:

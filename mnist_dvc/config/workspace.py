@@ -57,6 +57,10 @@ class Layout:
         return self.metrics / "train_history.csv"
 
     @property
+    def train_steps(self) -> Path:
+        return self.metrics / "train_steps.csv"
+
+    @property
     def eval_metrics(self) -> Path:
         return self.metrics / "eval.json"
 

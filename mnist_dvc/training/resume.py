@@ -39,9 +39,11 @@ def run_fingerprint(params: TrainConfig, device: torch.device, *data_digests: st
 
 
 def training_record(fingerprint: str, history: list[dict[str, float]],
-                    trainer_state: dict[str, Any]) -> dict[str, Any]:
+                    trainer_state: dict[str, Any],
+                    steps: list[tuple[float, ...]] | None = None) -> dict[str, Any]:
+    """``steps``: the rows of train_steps.csv so far, kept so a resumed run writes them all."""
     return {"kind": CHECKPOINT_KIND, "fingerprint": fingerprint, "history": history,
-            "trainer": trainer_state}
+            "steps": steps or [], "trainer": trainer_state}
 
 
 class ResumeStore:
