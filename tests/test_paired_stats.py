@@ -43,8 +43,17 @@ def test_the_paired_test_equals_scipy_ttest_rel(seeds, case):
     assert result.mean == pytest.approx(np.mean(np.subtract(head, base)), abs=1e-12)
     assert result.p == pytest.approx(reference.pvalue, rel=1e-9)
     assert result.ci95 == pytest.approx((interval.low, interval.high), rel=1e-9)
-    # the verdict's rule: the interval excludes 0 exactly when p < 0.05
-    assert (result.direction is not None) == (reference.pvalue < 0.05)
+    # the verdict's rule: the interval clears 0 by more than the margin (so p < 0.05 too)
+    low, high = interval.low, interval.high
+    margin = paired_stats.MARGIN_IMAGES
+    assert (result.direction is not None) == (low > margin or high < -margin)
+    assert result.direction is None or reference.pvalue < 0.05
+
+
+def test_an_interval_within_half_an_image_of_zero_calls_nothing():
+    barely = paired_stats.paired_test([10, 20, 30], [10.5, 20.6, 30.7])  # +0.6 +- 0.25
+    assert barely.ci95[0] > 0 and barely.ci95[0] < paired_stats.MARGIN_IMAGES
+    assert barely.p < 0.05 and barely.direction is None
 
 
 def test_direction_follows_the_sign_and_counts_follow_the_seeds():

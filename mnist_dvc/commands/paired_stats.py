@@ -14,7 +14,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-CONFIDENCE = 0.95  # the interval's level: "better" or "worse" only when it excludes 0
+CONFIDENCE = 0.95  # the interval's level: "better" or "worse" only when it excludes 0 ...
+# ... by more than half a test image: counts of whole images make a plain t-test call a
+# change slightly more often than its 5 % (5.2 % at N = 5 on the committed calibration; 4.1 %
+# with this margin: docs/review-across-seeds.md)
+MARGIN_IMAGES = 0.5
 POWER = 0.8  # the chance of a real effect being seen, for the smallest effect a review sees
 
 
@@ -38,9 +42,10 @@ class PairedTest:
 
     @property
     def direction(self) -> str | None:
-        """"better" or "worse" when the interval excludes 0; None when it does not."""
+        """"better" or "worse" when the interval (in test images) clears 0 by more than
+        ``MARGIN_IMAGES``; None when it does not."""
         low, high = self.ci95
-        return "better" if low > 0 else "worse" if high < 0 else None
+        return "better" if low > MARGIN_IMAGES else "worse" if high < -MARGIN_IMAGES else None
 
 
 def paired_test(base: Sequence[float], head: Sequence[float]) -> PairedTest:
@@ -66,10 +71,10 @@ def smallest_visible_effect(sd_per_run: float, seeds: int) -> float:
     """The difference in images that ``seeds`` pairs detect with probability POWER at the
     interval's level, for runs whose results spread by ``sd_per_run`` images: the usual
     approximation (t_{1-alpha/2} + t_{power}) * sd_d / sqrt(n), where the difference of two
-    independent runs spreads by sd_d = sqrt(2) * sd_per_run."""
+    independent runs spreads by sd_d = sqrt(2) * sd_per_run; plus the verdict's margin."""
     df = seeds - 1
-    return (t_quantile(1 - (1 - CONFIDENCE) / 2, df) + t_quantile(POWER, df)) * \
-        math.sqrt(2) * sd_per_run / math.sqrt(seeds)
+    return MARGIN_IMAGES + (t_quantile(1 - (1 - CONFIDENCE) / 2, df) + t_quantile(POWER, df)) \
+        * math.sqrt(2) * sd_per_run / math.sqrt(seeds)
 
 
 def t_cdf(t: float, df: int) -> float:
