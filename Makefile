@@ -103,4 +103,4 @@ seed-spread: install
 # known changes (needs dvc repro's data/prepared): commit the docs/review_calibration.json it
 # writes. 5-20 minutes on 2 cores (docs/review-across-seeds.md).
 review-calibration: install
-	python -m benchmarks.review_calibration
+	mnist-dvc calibrate

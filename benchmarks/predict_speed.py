@@ -1,12 +1,8 @@
-"""Predict's speed, onnxruntime against PyTorch (docs/deploy.md), after ``dvc repro``.
-
-Cold: ``mnist-dvc predict`` of one image in fresh processes, the runtimes alternating (median
-of ``--repeats``). Batch: images per second over the 10,000 test images, the model loaded.
-"""
+"""Predict's speed, onnxruntime against PyTorch (docs/deploy.md), after ``dvc repro``: cold,
+one image in fresh processes (alternating); batch, images/s over the test set, model loaded."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -25,6 +21,7 @@ from mnist_dvc.model.onnx_runtime import OnnxModel, pixels_of
 
 IMAGE = "digits/seven.png"
 TARGET = 0.4  # cold ONNX predict over cold PyTorch predict
+REPEATS = 7  # cold runs of each runtime, alternating
 
 
 def cold_seconds(runtime: str) -> float:
@@ -43,11 +40,8 @@ def images_per_second(predict, pixels: np.ndarray, rounds: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    repeats, layout = parser.parse_args().repeats, Layout()
-    times: dict[str, list[float]] = {"onnx": [], "torch": []}
-    for _ in range(repeats):
+    layout, times = Layout(), {runtime: list[float]() for runtime in ("onnx", "torch")}
+    for _ in range(REPEATS):
         for runtime, seconds in times.items():
             seconds.append(cold_seconds(runtime))
     onnx_s, torch_s = (statistics.median(times[r]) for r in ("onnx", "torch"))
@@ -59,7 +53,7 @@ def main() -> None:
                  model, torch.from_numpy((x - np.float32(mean)) / np.float32(std)), 1000), pixels)}
     print(f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads), onnxruntime {onnxruntime.__version__}")
-    print(f"cold predict of {IMAGE}, median of {repeats}: onnxruntime {onnx_s:.2f} s, PyTorch "
+    print(f"cold predict of {IMAGE}, median of {REPEATS}: onnxruntime {onnx_s:.2f} s, PyTorch "
           f"{torch_s:.2f} s: {onnx_s / torch_s:.2f}x (target <= {TARGET}x: "
           f"{'PASS' if onnx_s <= TARGET * torch_s else 'FAIL'}); each (s): " + "; ".join(
               f"{r} " + " ".join(f"{t:.2f}" for t in ts) for r, ts in times.items()))

@@ -1,10 +1,6 @@
-"""``mnist-dvc push`` of the whole project (the outputs of the workspace and of every run in
-DVC's run-cache) to an empty S3 and an empty SSH server (tests/servers.py, on 127.0.0.1),
-then again with nothing new:  python -m benchmarks.push_speed [--repo PATH] [--repeat 3]
-
-``--repo``: a checkout where ``dvc repro`` has run (default: this one); its
-``.dvc/config.local`` gets a remote ``bench`` while it runs.
-"""
+"""``mnist-dvc push`` of a checkout where ``dvc repro`` ran (``--repo``, default this one; its
+.dvc/config.local gets a remote ``bench`` meanwhile) to an empty S3 and an empty SSH server
+(tests/servers.py, 127.0.0.1), then again with nothing new; median of 3 rounds."""
 
 from __future__ import annotations
 
@@ -61,15 +57,14 @@ def one_round(repo: Path, kind: str, scratch: Path) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repo", type=Path, default=Path.cwd())
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    repo = parser.parse_args().repo.resolve()
     print("| server | first push (median) | MB | MB/s | push with nothing new |")
     print("|---|---|---|---|---|")
     for kind in ("s3", "ssh"):
         rounds = []
-        for _ in range(args.repeat):
+        for _ in range(3):  # each against a new server
             with tempfile.TemporaryDirectory() as scratch:
-                rounds.append(one_round(args.repo.resolve(), kind, Path(scratch)))
+                rounds.append(one_round(repo, kind, Path(scratch)))
         first, again = (statistics.median(run[i] for run in rounds) for i in (0, 1))
         megabytes = rounds[0][2] / 1e6
         print(f"| {kind} | {first:.1f} s | {megabytes:.0f} | {megabytes / first:.0f} | "

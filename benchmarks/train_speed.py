@@ -1,14 +1,11 @@
-"""Speed and accuracy of training, measured side by side in one run: ``make benchmark``.
+"""Speed and accuracy of training, measured side by side in one run: ``make benchmark``
+(python -m benchmarks.train_speed [--quick] [--output docs/benchmarks.md]).
 
-    python -m benchmarks.train_speed [--quick] [--output docs/benchmarks.md]
-
-It times the project's own code, never a copy: the train stage as a process (``python -m
-stages.train`` in a temporary directory laid out like the repository), its ``train`` in
-process for the spread over seeds, its ``Trainer`` through the per-step hook for the time to
-99 %, and the stage with its calls timed (``benchmarks/stage_anatomy.py``). The yardstick is
-the seed notebook's loop (torchvision's per-item transforms and DataLoader), run in the same
-rounds as the stage. Progress goes to stderr, the report to one file.
-"""
+It times the project's own code, never a copy: the train stage as a process (in a temporary
+directory laid out like the repository), its ``train`` in process for the spread over seeds,
+its ``Trainer`` through the per-step hook for the time to 99 %. The yardstick is the seed
+notebook's loop (torchvision's per-item transforms and DataLoader), run in the same rounds as
+the stage. Progress goes to stderr, the report to one file."""
 
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,9 +51,6 @@ MAX_STAGE_TO_SEED_EPOCH, STRETCH_STAGE_TO_SEED_EPOCH = 0.85, 0.6
 MAX_SECONDS_TO_TARGET = 3.0
 EPOCH_LINE = re.compile(r"^train: epoch (\d+)/\d+ .* test acc ([0-9.]+) \(([0-9.]+) s\)$",
                         re.MULTILINE)
-# the stage as it would run if run_stage did not freeze the garbage collector
-UNFROZEN_TRAIN = ("import gc, runpy; gc.freeze = lambda: None; "
-                  "runpy.run_module('stages.train', run_name='__main__', alter_sys=True)")
 _STARTED = time.perf_counter()
 
 
@@ -93,23 +87,15 @@ def run(command: Sequence[str], cwd: Path = REPO_ROOT) -> Process:
     return Process(time.perf_counter() - started, done.stdout)
 
 
-@contextlib.contextmanager
-def workdir(params: Params, links: Sequence[str]) -> Iterator[Path]:
-    """A temporary directory laid out like the repository: params.yaml and data symlinks."""
+def train_stage(params: Params) -> Process:
+    """``python -m stages.train`` in a temporary directory laid out like the repository:
+    ``params`` in its params.yaml, its data/prepared a symlink to the repository's."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         (root / "params.yaml").write_text(params_yaml(params))
-        for link in links:
-            (root / link).parent.mkdir(parents=True, exist_ok=True)
-            (root / link).symlink_to(REPO_ROOT / link, target_is_directory=True)
-        yield root
-
-
-def stage_process(name: str, params: Params, links: Sequence[str],
-                  command: Sequence[str] | None = None) -> Process:
-    """``python -m stages.<name>`` (or ``command``) in a workdir with ``params``."""
-    with workdir(params, links) as root:
-        return run(command or [sys.executable, "-m", f"stages.{name}"], root)
+        (root / "data").mkdir()
+        (root / "data" / "prepared").symlink_to(PREPARED, target_is_directory=True)
+        return run([sys.executable, "-m", "stages.train"], root)
 
 
 def seed_notebook_epoch() -> None:
@@ -207,30 +193,19 @@ def measure(quick: bool) -> dict[str, Any]:
     contenders: dict[str, Callable[[], Any]] = {
         "seed_loop": lambda: json.loads(run([sys.executable, "-m", "benchmarks.train_speed",
                                              "--seed-notebook-epoch"]).stdout),
-        "stage": lambda: stage_process("train", defaults, ["data/prepared"]),
-        "unfrozen": lambda: stage_process("train", defaults, ["data/prepared"],
-                                          [sys.executable, "-c", UNFROZEN_TRAIN]),
+        "stage": lambda: train_stage(defaults),
     }
     results: dict[str, Any] = {name: [] for name in contenders}
     names = list(contenders)
     for number in range(1 if quick else STAGE_RUNS):  # each takes every place in turn
-        log(f"seed notebook epoch, the train stage, unfrozen: round {number + 1}")
+        log(f"seed notebook epoch, the train stage: round {number + 1}")
         for name in names[number % len(names):] + names[:number % len(names)]:
             results[name].append(contenders[name]())
-    results["ddp"] = {}
-    for nproc, threads in ((1, 1), (2, 1), (1, 2)):
-        log(f"train stage, nproc {nproc} x {threads} thread(s)")
-        results["ddp"][(nproc, threads)] = stage_process(
-            "train", with_train(defaults, nproc=nproc, threads=threads), ["data/prepared"])
     log("time to 99 % in process")
     results["trajectory"] = time_to_accuracy(defaults)
     log("seed spread")
     results["seeds"] = seed_spread(defaults, SEEDS[:1] if quick else SEEDS)
     results["held_out_seeds"] = {} if quick else seed_spread(defaults, HELD_OUT_SEEDS)
-    log("start-up costs")
-    with workdir(with_train(defaults, epochs=1), ["data/prepared"]) as root:
-        anatomy = run([sys.executable, "-m", "benchmarks.stage_anatomy"], root)
-    results["anatomy"] = {**json.loads(anatomy.stdout.splitlines()[-1]), "wall": anatomy.seconds}
     return results
 
 
@@ -275,13 +250,9 @@ def table(header: str, rows: Iterable[Sequence[Any]], text_columns: int = 1) -> 
 
 
 def render(results: dict[str, Any], quick: bool, machine_name: str) -> str:
-    stage, trajectory, anatomy = results["stage"], results["trajectory"], results["anatomy"]
+    stage, trajectory = results["stage"], results["trajectory"]
     epoch = median(seconds for process in stage for seconds, _ in process.epochs())
     seed_epoch = median(loop["epoch_seconds"] for loop in results["seed_loop"])
-    calls = {f"`{name}`": seconds for name, (_, seconds) in anatomy["calls"].items()}
-    timed = {**anatomy["imports"], **calls, "the rest (between the timed calls)":
-             anatomy["in process"] - sum(anatomy["imports"].values()) - sum(calls.values()),
-             "interpreter start and exit": anatomy["wall"] - anatomy["in process"]}
     reached = trajectory.to_target
     return "\n".join([
         "# Training benchmark", "",
@@ -303,14 +274,8 @@ def render(results: dict[str, Any], quick: bool, machine_name: str) -> str:
              f"{median(loop['test_seconds'] for loop in results['seed_loop']):.1f} s of it)",
              f"{seed_epoch:.1f}", ""),
             ("the default train stage (its epochs each with their scoring of the test set)",
-             f"{epoch:.1f}", f"{median(p.seconds for p in stage):.1f}"),
-            ("the same stage with `gc.freeze()` made a no-op (without `run_stage`'s freeze)",
-             "", f"{median(p.seconds for p in results['unfrozen']):.1f}")]),
+             f"{epoch:.1f}", f"{median(p.seconds for p in stage):.1f}")]),
         f"The stage's epoch takes **{epoch / seed_epoch:.2f}x** the seed loop's.", "",
-        "## Data-parallel training (`train.nproc`)", "",
-        *table("processes x threads | whole stage (s) | epoch (s) | final test acc", (
-            (f"{nproc} x {threads}", f"{p.seconds:.1f}", f"{median(s for s, _ in p.epochs()):.1f}",
-             f"{p.epochs()[-1][1]:.2%}") for (nproc, threads), p in results["ddp"].items())),
         f"## Time to {TARGET_ACCURACY:.0%}", "",
         f"The stage's `Trainer` in process, scoring the test set every {SCORE_EVERY_STEPS} "
         "steps with the training clock stopped: "
@@ -322,11 +287,7 @@ def render(results: dict[str, Any], quick: bool, machine_name: str) -> str:
         *table("seeds | test accuracy of each | mean | lowest | range", [
             seed_row(results["seeds"], "the targets'; the defaults were chosen on them"),
             *([seed_row(results["held_out_seeds"], "held out: the spread without that choice")]
-              if results["held_out_seeds"] else [])], 2),
-        "## Start-up", "",
-        "The train stage (one epoch) with each call it makes into the library timed "
-        "(`benchmarks/stage_anatomy.py`; a call made inside another counts in the outer):", "",
-        *table("step | seconds", ((name, f"{s:.3f}") for name, s in timed.items()))])
+              if results["held_out_seeds"] else [])], 2)])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

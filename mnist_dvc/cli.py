@@ -17,6 +17,8 @@ COMMANDS = {
     "review": "a change's outputs against a base revision, with a significance test",
     "push": "share every run DVC has seen (outputs, metrics, plots) with a DVC remote",
     "serve": "the digit in images POSTed over HTTP on 127.0.0.1, with the model predict uses",
+    "calibrate": "review --seeds' false-positive rate and power, written to "
+                 "docs/review_calibration.json",
 }
 
 

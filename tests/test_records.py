@@ -224,7 +224,7 @@ def test_a_failed_main_is_reported_as_it_is(tmp_path):
     ("stages.train", False, "train"),
     ("stages.train", True, None),  # a torchrun worker: the launcher checks
     ("mnist_dvc", False, None),  # the mnist-dvc command
-    ("benchmarks.stage_anatomy", False, None),
+    ("benchmarks.train_speed", False, None),
 ])
 def test_only_a_stage_process_is_guarded(monkeypatch, main_module, torchrun, stage):
     monkeypatch.setattr(sys.modules["__main__"], "__spec__",

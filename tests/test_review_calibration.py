@@ -1,4 +1,4 @@
-"""benchmarks/review_calibration.py on a tiny config: its errors are the pipeline's, and its
+"""mnist-dvc calibrate on a tiny config: its errors are the pipeline's, and its
 rates follow from them by the verdict rule, held to scipy's paired t-test."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import numpy as np
 from scipy import stats
 
-from benchmarks import review_calibration
+from mnist_dvc.commands import calibrate
 from mnist_dvc.commands.review import CALIBRATION, FIRST_SEED, SEED_THREADS
 from mnist_dvc.config.params import with_train
 from stages.evaluate import evaluate
@@ -30,8 +30,8 @@ def test_the_calibration_counts_what_the_pipeline_would(tmp_path, tiny_params):
     # a learning rate this low leaves a few dozen of the 256 test images wrong, seed-dependent
     params = with_train(tiny_params, lr=0.002, threads=SEED_THREADS)
     layout = make_project(tmp_path / "project", params)
-    review_calibration.main(["--root", str(layout.root), "--seeds", "4", "--sizes", "2",
-                             "--change", "train.lr=0.03"])
+    calibrate.main(["--root", str(layout.root), "--seeds", "4", "--sizes", "2",
+                    "--change", "train.lr=0.03"])
     result = json.loads((layout.root / CALIBRATION).read_text())
     seeds = [str(FIRST_SEED + i) for i in range(4)]
     assert list(result["errors"]) == ["defaults", "train.lr=0.03"]

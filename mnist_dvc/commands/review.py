@@ -77,7 +77,7 @@ ALPHA = 0.05  # a McNemar p below this is called evidence of a change
 GRID_LIMIT = 50  # digits per grid of fixed and broken images
 SEED_SPREAD = Path("docs") / "seed_spread.json"
 METRIC_FILES = ("eval.json", "train.json")
-CALIBRATION = Path("docs") / "review_calibration.json"  # benchmarks/review_calibration.py
+CALIBRATION = Path("docs") / "review_calibration.json"  # written by mnist-dvc calibrate
 FIRST_SEED = 100  # --seeds: 100, 101, ...; the defaults were chosen on seeds 0-9
 # --seeds runs SEED_JOBS pipelines at a time with train.threads SEED_THREADS on both sides
 # (the thread count changes the bits, so both sides must share it): on 2 cores two runs of

@@ -1,5 +1,5 @@
-"""Calibrate ``mnist-dvc review --seeds`` (python -m benchmarks.review_calibration): how often
-its verdict calls a change where there is none, how often it sees a known one.
+"""Calibrate ``mnist-dvc review --seeds`` (``mnist-dvc calibrate``): how often its verdict
+calls a change where there is none, how often it sees a known one.
 
 Trains params.yaml's config and each change on seeds 100, ... in process as review runs them
 (SEED_THREADS, SEED_JOBS at a time) on data/prepared. By review's verdict rule: false
@@ -17,6 +17,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -87,8 +88,9 @@ def calibrate(errors: dict[str, list[int]], sizes: list[int]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mnist-dvc calibrate",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--change", action="append", help=f"train.KEY=VALUE {CHANGES}")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -112,9 +114,6 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(seconds), "errors": {
             name: dict(zip(map(str, seeds), e, strict=True)) for name, e in errors.items()},
         **calibrate(errors, args.sizes)})
-    print(f"review_calibration: wrote {layout.root / CALIBRATION} ({len(seeds)} seeds x "
+    print(f"calibrate: wrote {layout.root / CALIBRATION} ({len(seeds)} seeds x "
           f"{len(configs)} configs in {seconds:.0f} s)")
 
-
-if __name__ == "__main__":
-    main()
