@@ -154,6 +154,9 @@ def test_the_stage_reports_its_check_and_its_output_is_an_ordinary_onnx_model(ex
     onnx.checker.check_model(graph, full_check=True)
     assert [(o.domain, o.version) for o in graph.opset_import if o.domain == ""] == [("", 18)]
     assert onnx_model(layout).read_bytes() == onnx_model(exported).read_bytes()  # repeatable
+    # ... in any clone: no path of this checkout (the exporter's stack traces) in the bytes
+    assert str(Path(export_stage.__file__).resolve().parent.parent).encode() \
+        not in onnx_model(layout).read_bytes()
 
 
 def wrong_normalization(saved, image_shape, opset, metadata):

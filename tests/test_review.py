@@ -388,6 +388,15 @@ def test_error_matrices_count_the_wrong_predictions_only():
     assert matrix.sum() == (actual != predicted).sum()
 
 
+def test_error_charts_take_class_names_in_numeric_then_word_order():
+    actual = np.array(["10", "2", "cat", "2", "10"])
+    predicted = np.array(["2", "2", "cat", "10", "10"])
+    assert review.class_labels(actual, predicted) == ["2", "10", "cat"]
+    charts = review.error_charts(actual, {"main": {0: actual}, "workspace": {0: predicted}})
+    (png,) = charts.values()
+    assert png is not None and png.startswith(b"\x89PNG")
+
+
 def test_the_charts_across_seeds_are_drawn(tmp_path):
     r = synthetic_seed_review(6, [0.005, 0.006, 0.004, 0.005, 0.006])
     steps = b"step,epoch,train_loss,train_acc\n25,0.5,0.9,0.7\n50,1.0,0.2,0.95\n"

@@ -306,8 +306,14 @@ def error_charts(actual: np.ndarray,
                  sides: dict[str, dict[int, np.ndarray]]) -> dict[str, bytes]:
     """The errors-only confusion matrices of two sides (mean over seeds) and their
     difference, second side minus first: red where it errs more."""
-    classes = int(actual.max()) + 1
-    matrices = {side: np.mean([review_charts.error_matrix(actual, p, classes)
+    labels = class_labels(actual, *(p for by_seed in sides.values() for p in by_seed.values()))
+    index = {name: i for i, name in enumerate(labels)}
+
+    def indices(names: np.ndarray) -> np.ndarray:
+        return np.array([index[str(name)] for name in names.tolist()], dtype=np.int64)
+
+    matrices = {side: np.mean([review_charts.error_matrix(indices(actual), indices(p),
+                                                          len(labels))
                                for p in by_seed.values()], axis=0)
                 for side, by_seed in sides.items()}
     (first, old), (second, new) = matrices.items()
@@ -316,9 +322,16 @@ def error_charts(actual: np.ndarray,
         if len(next(iter(sides.values()))) > 1 else "")
     spec = review_charts.confusion_chart(
         title[:1].upper() + title[1:], {first: old, second: new, f"{second} - {first}":
-                                        new - old}, [str(c) for c in range(classes)],
+                                        new - old}, labels,
         difference=f"{second} - {first}")
     return {title: review_charts.render(spec)}
+
+
+def class_labels(*names: np.ndarray) -> list[str]:
+    """The class names in ``names``, numbers in numeric order ("2" before "10"), then words."""
+    found = {str(name) for array in names for name in array.tolist()}
+    return sorted(found, key=lambda name: (not name.isdigit(), int(name) if name.isdigit()
+                                           else 0, name))
 
 
 def seed_charts(seeds: SeedReview, base: str,

@@ -63,6 +63,10 @@ def export_onnx(saved: SavedModel, image_shape: tuple[int, ...], opset: int,
         raise StageError(f"cannot export net '{saved.net}' to ONNX opset {opset}: the exporter "
                          f"wrote opset {written} (the installed onnx {onnx.__version__} knows "
                          f"opsets up to {onnx.defs.onnx_opset_version()})")
+    # the exporter notes each node's Python stack trace: absolute paths of this checkout,
+    # which would make the bytes depend on where the project lives
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        del node.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
