@@ -28,7 +28,6 @@ from PIL import Image, ImageDraw
 from mnist_dvc.commands.predict import (
     choose_model,
     load_predictor,
-    main,
     predict_files,
     to_model_input,
 )
@@ -48,6 +47,7 @@ from mnist_dvc.model.onnx_runtime import CLASS_NAMES, SOURCE_SHA256, OnnxModel
 from stages import export as export_stage
 from tests.conftest import REPO_ROOT, TINY, make_project, without_torch
 from tests.renderings import SUFFIX, render_file
+from tests.test_predict import run_main
 
 DEPLOY_DOC = REPO_ROOT / "docs" / "deploy.md"
 
@@ -86,14 +86,6 @@ def draw_digit(path: Path, shape: str) -> Path:
 @pytest.fixture
 def drawings(tmp_path: Path) -> list[Path]:
     return [draw_digit(tmp_path / f"{shape}.png", shape) for shape in ("seven", "zero")]
-
-
-def run_main(argv: list[str]) -> int:
-    try:
-        run_stage(lambda: main(argv))
-    except SystemExit as exit_:
-        return int(exit_.code)
-    return 0
 
 
 # --- the stage ------------------------------------------------------------------------------
