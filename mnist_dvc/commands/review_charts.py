@@ -33,11 +33,13 @@ def confusion_chart(title: str, panels: Mapping[str, np.ndarray], labels: Sequen
     named ``difference`` is coloured blue (fewer errors) to red (more) around 0."""
     views = []
     for name, matrix in panels.items():
-        values = [{"true": labels[i], "predicted": labels[j], "value": round(float(v), 2)}
-                  for (i, j), v in np.ndenumerate(matrix) if i != j]
+        cells = [(labels[i], labels[j], round(float(v), 2))
+                 for (i, j), v in np.ndenumerate(matrix) if i != j]
+        values = [{"true": true, "predicted": predicted, "value": value}
+                  for true, predicted, value in cells]
         scale = ({"scheme": "redblue", "reverse": True, "domainMid": 0} if name == difference
                  else {"scheme": "oranges", "domainMin": 0})
-        whole = all(float(v["value"]).is_integer() for v in values)
+        whole = all(value.is_integer() for _, _, value in cells)
         views.append({
             "title": name, "width": PANEL, "height": PANEL, "data": {"values": values},
             "encoding": {
