@@ -268,7 +268,10 @@ def another_graph(path: Path) -> Path:
     value = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph([node], "identity", [value("x", onnx.TensorProto.FLOAT, [1])],
                                    [value("y", onnx.TensorProto.FLOAT, [1])])
-    onnx.save(onnx.helper.make_model(graph), path)
+    # IR version 10 and opset 18, as the export writes: the newest IR onnx knows is more than
+    # the older onnxruntime that Python 3.10 installs can read
+    onnx.save(onnx.helper.make_model(graph, ir_version=10,
+                                     opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
     return path
 
 
