@@ -56,18 +56,24 @@ class InputSnapshot:
     code: Mapping[str, str | None]  # file (relative to the code root) -> sha256; None: gone
 
 
-def stage_sections(stage: str) -> tuple[str, ...]:
-    """The params.yaml sections ``stage`` reads: the fields of ``<Stage>Config`` in
-    ``mnist_dvc.config.<stage>`` (``export_onnx`` -> ``ExportOnnxConfig``); none when the
-    stage has no config module."""
+def stage_config(stage: str) -> type | None:
+    """``<Stage>Config`` in ``mnist_dvc.config.<stage>`` (``export_onnx`` ->
+    ``ExportOnnxConfig``): the params sections ``stage`` reads; None when the stage has no
+    config module."""
     try:
         module = importlib.import_module(f"mnist_dvc.config.{stage}")
     except ModuleNotFoundError as err:
         if err.name != f"mnist_dvc.config.{stage}":
             raise
-        return ()
-    config = getattr(module, "".join(part.capitalize() for part in stage.split("_")) + "Config")
-    return tuple(field.name for field in fields(config))
+        return None
+    config: type = getattr(module, "".join(p.capitalize() for p in stage.split("_")) + "Config")
+    return config
+
+
+def stage_sections(stage: str) -> tuple[str, ...]:
+    """The params.yaml sections ``stage`` reads (none without a config module)."""
+    config = stage_config(stage)
+    return () if config is None else tuple(field.name for field in fields(config))
 
 
 def take_snapshot(stage: str, workdir: Path = Path("."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -55,13 +54,6 @@ def write_raw_dir(raw_dir: Path, train_count: int = 512, test_count: int = 256) 
 @pytest.fixture
 def raw_dir(tmp_path: Path) -> Path:
     return write_raw_dir(tmp_path / "raw")
-
-
-def stage_config(stage: str) -> type:
-    """The config class of ``stage``: ``<Stage>Config`` in ``mnist_dvc.config.<stage>``."""
-    module = importlib.import_module(f"mnist_dvc.config.{stage}")
-    config: type = getattr(module, f"{stage.capitalize()}Config")
-    return config
 
 
 def params_as_dict(params: Params) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from mnist_dvc.code_deps import code_files, imported_modules
 from mnist_dvc.config.params import Params
 from mnist_dvc.config.schema import parse_yaml
 from mnist_dvc.config.workspace import Layout
-from tests.conftest import PIPELINE, REPO_ROOT, stage_config
+from mnist_dvc.records import stage_config
+from tests.conftest import PIPELINE, REPO_ROOT
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))

@@ -19,7 +19,8 @@ from mnist_dvc.config.params import Params, load_params, params_yaml, parse_para
 from mnist_dvc.config.schema import ParamsError, dump_yaml, load_config, parse_yaml
 from mnist_dvc.config.workspace import Layout
 from mnist_dvc.errors import StageError
-from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, stage_config, write_raw_dir
+from mnist_dvc.records import stage_config
+from tests.conftest import PIPELINE, REPO_ROOT, params_as_dict, write_raw_dir
 
 
 def _write(tmp_path: Path, content: str | dict[str, Any], name: str = "params.yaml") -> Path:
